@@ -1,0 +1,210 @@
+//! Envoy's protos for Sentinel.
+//!
+//! The generated message types come from `envoy-types`. Envoy's own YAML and JSON (bootstrap,
+//! resource files, config_dump) are the proto3 JSON mapping of those messages, with `Any`
+//! spelled `{"@type": ...}`; reading and writing that needs reflection, so this crate also
+//! carries the descriptor set that `envoy-types` was generated from (vendored as
+//! `envoy-descriptors.bin`) and converts through `prost-reflect`. This keeps one schema: the
+//! upstream protos, never a hand-written mirror.
+
+use std::sync::LazyLock;
+
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
+
+pub use envoy_types::pb;
+pub use prost;
+
+/// `type.googleapis.com/` prefix of every `Any` type URL.
+pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
+
+static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(&include_bytes!("../envoy-descriptors.bin")[..])
+        .expect("the vendored Envoy descriptor set decodes")
+});
+
+/// The descriptor pool of every Envoy message `envoy-types` knows.
+pub fn pool() -> &'static DescriptorPool {
+    &POOL
+}
+
+/// Why a JSON or YAML document is not a valid message.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    /// The text is not YAML or JSON at all.
+    #[error("not valid YAML/JSON: {0}")]
+    Syntax(String),
+    /// The document does not fit the message; `path` is the field path (`a.b[2].c`).
+    #[error("{message_type}: {path}: {reason}")]
+    Field {
+        message_type: String,
+        path: String,
+        reason: String,
+    },
+    /// The message type is not in the descriptor pool.
+    #[error("unknown message type {0}")]
+    UnknownType(String),
+    /// The bytes do not decode as the message (an `Any` with a wrong payload).
+    #[error("{message_type}: cannot decode: {reason}")]
+    Decode {
+        message_type: String,
+        reason: String,
+    },
+}
+
+/// Parses YAML or JSON text into a JSON value, as Envoy does before reading a message (YAML is
+/// a superset of JSON, so one parser reads both).
+pub fn parse_text(text: &str) -> Result<serde_json::Value, JsonError> {
+    serde_yaml::from_str::<serde_json::Value>(text).map_err(|e| JsonError::Syntax(e.to_string()))
+}
+
+/// Reads a JSON value (proto3 JSON mapping) as the message `M`. Unknown fields are refused,
+/// as Envoy refuses them, and the error names the field path.
+pub fn from_json<M: prost::Message + prost::Name + Default>(
+    value: &serde_json::Value,
+) -> Result<M, JsonError> {
+    let dynamic = dynamic_from_json(&M::full_name(), value)?;
+    dynamic.transcode_to::<M>().map_err(|e| JsonError::Decode {
+        message_type: M::full_name(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads a JSON value as the named message type, returning the reflective message.
+pub fn dynamic_from_json(
+    full_name: &str,
+    value: &serde_json::Value,
+) -> Result<DynamicMessage, JsonError> {
+    let desc = pool()
+        .get_message_by_name(full_name)
+        .ok_or_else(|| JsonError::UnknownType(full_name.to_string()))?;
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    DynamicMessage::deserialize_with_options(desc, de, &DeserializeOptions::new()).map_err(|e| {
+        JsonError::Field {
+            message_type: full_name.to_string(),
+            path: track.path().to_string(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// Reads an `Any` from its JSON form `{"@type": "...", ...}`.
+pub fn any_from_json(value: &serde_json::Value) -> Result<pb::google::protobuf::Any, JsonError> {
+    let dynamic = dynamic_from_json("google.protobuf.Any", value)?;
+    dynamic
+        .transcode_to::<pb::google::protobuf::Any>()
+        .map_err(|e| JsonError::Decode {
+            message_type: "google.protobuf.Any".into(),
+            reason: e.to_string(),
+        })
+}
+
+/// Writes a message as Envoy writes its JSON: proto field names, defaults omitted.
+pub fn to_json<M: prost::Message + prost::Name>(message: &M) -> serde_json::Value {
+    bytes_to_json(&M::full_name(), &message.encode_to_vec())
+        .expect("a generated message matches its own descriptor")
+}
+
+/// Writes an `Any` as JSON with its `@type`; fails when the type is not in the pool or the
+/// payload does not decode.
+pub fn any_to_json(any: &pb::google::protobuf::Any) -> Result<serde_json::Value, JsonError> {
+    let name = any
+        .type_url
+        .rsplit_once('/')
+        .map(|(_, n)| n)
+        .unwrap_or(&any.type_url);
+    let mut value = bytes_to_json(name, &any.value)?;
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert("@type".into(), serde_json::Value::String(any.type_url.clone()));
+    }
+    Ok(value)
+}
+
+fn bytes_to_json(full_name: &str, bytes: &[u8]) -> Result<serde_json::Value, JsonError> {
+    let desc = pool()
+        .get_message_by_name(full_name)
+        .ok_or_else(|| JsonError::UnknownType(full_name.to_string()))?;
+    let dynamic = DynamicMessage::decode(desc, bytes).map_err(|e| JsonError::Decode {
+        message_type: full_name.to_string(),
+        reason: e.to_string(),
+    })?;
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(true);
+    dynamic
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|e| JsonError::Decode {
+            message_type: full_name.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// Packs a message into an `Any` with its canonical type URL.
+pub fn to_any<M: prost::Message + prost::Name>(message: &M) -> pb::google::protobuf::Any {
+    pb::google::protobuf::Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// Unpacks an `Any` into `M`, checking the type URL.
+pub fn from_any<M: prost::Message + prost::Name + Default>(
+    any: &pb::google::protobuf::Any,
+) -> Result<M, JsonError> {
+    if any.type_url != M::type_url() {
+        return Err(JsonError::Decode {
+            message_type: M::full_name(),
+            reason: format!("type URL is {}", any.type_url),
+        });
+    }
+    M::decode(any.value.as_slice()).map_err(|e| JsonError::Decode {
+        message_type: M::full_name(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::envoy::config::bootstrap::v3::Bootstrap;
+    use pb::envoy::config::listener::v3::Listener;
+
+    #[test]
+    fn bootstrap_yaml_with_typed_config_round_trips() {
+        let text = r#"
+node: { id: n1, cluster: c1 }
+static_resources:
+  listeners:
+  - name: l1
+    address: { socket_address: { address: 127.0.0.1, port_value: 10000 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config: { name: r, virtual_hosts: [ { name: v, domains: ["*"] } ] }
+          http_filters: [ { name: envoy.filters.http.router, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } } ]
+  clusters:
+  - name: c
+    connect_timeout: 0.25s
+    type: STATIC
+"#;
+        let b: Bootstrap = from_json(&parse_text(text).unwrap()).unwrap();
+        assert_eq!(b.node.as_ref().unwrap().id, "n1");
+        let sr = b.static_resources.as_ref().unwrap();
+        assert_eq!(sr.clusters[0].connect_timeout.as_ref().unwrap().nanos, 250_000_000);
+        let json = to_json(&b);
+        assert_eq!(json["static_resources"]["clusters"][0]["connect_timeout"], "0.250s");
+        let l: Listener = from_json(&json["static_resources"]["listeners"][0]).unwrap();
+        assert_eq!(l.name, "l1");
+    }
+
+    #[test]
+    fn unknown_field_names_its_path() {
+        let v = parse_text("static_resources: { clusters: [ { name: c, bogus: 1 } ] }").unwrap();
+        let err = from_json::<Bootstrap>(&v).unwrap_err().to_string();
+        assert!(err.contains("static_resources.clusters[0]"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+    }
+}
