@@ -1,0 +1,662 @@
+//! `RouteConfiguration`: virtual hosts, routes, and what a matched route does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+use sentinel_proto::pb::envoy::config::core::v3 as core_pb;
+use sentinel_proto::pb::envoy::config::route::v3 as pb;
+
+use super::matcher::{compile_regex, full_regex, HeaderMatcher, QueryMatcher};
+use super::{duration, timeout_or, ConfigError, Result};
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+    pub headers: HeaderMutations,
+    pub most_specific_header_mutations_wins: bool,
+}
+
+/// Header additions and removals at one level (route config, virtual host, route, weighted
+/// cluster).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderMutations {
+    pub request_add: Vec<HeaderAdd>,
+    pub request_remove: Vec<String>,
+    pub response_add: Vec<HeaderAdd>,
+    pub response_remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendAction {
+    AppendIfExistsOrAdd,
+    AddIfAbsent,
+    OverwriteIfExistsOrAdd,
+    OverwriteIfExists,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderAdd {
+    pub name: http::HeaderName,
+    pub value: Template,
+    pub action: AppendAction,
+    pub keep_empty_value: bool,
+}
+
+/// A header value with Envoy's `%VAR%` substitutions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(pub Vec<Part>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Literal(String),
+    DownstreamRemoteAddress,
+    DownstreamRemoteAddressWithoutPort,
+    DownstreamLocalAddress,
+    DownstreamLocalAddressWithoutPort,
+    Protocol,
+    UpstreamRemoteAddress,
+    Hostname,
+    RequestHeader(http::HeaderName),
+}
+
+impl Template {
+    pub fn parse(s: &str, path: &str) -> Result<Self> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find('%') {
+            lit.push_str(&rest[..i]);
+            rest = &rest[i + 1..];
+            if let Some(r) = rest.strip_prefix('%') {
+                lit.push('%');
+                rest = r;
+                continue;
+            }
+            let end = rest
+                .find('%')
+                .ok_or_else(|| ConfigError::new(path, format!("unterminated variable in '{s}'")))?;
+            let var = &rest[..end];
+            rest = &rest[end + 1..];
+            let part = match var {
+                "DOWNSTREAM_REMOTE_ADDRESS" => Part::DownstreamRemoteAddress,
+                "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Part::DownstreamRemoteAddressWithoutPort,
+                "DOWNSTREAM_LOCAL_ADDRESS" => Part::DownstreamLocalAddress,
+                "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Part::DownstreamLocalAddressWithoutPort,
+                "PROTOCOL" => Part::Protocol,
+                "UPSTREAM_REMOTE_ADDRESS" => Part::UpstreamRemoteAddress,
+                "HOSTNAME" => Part::Hostname,
+                v if v.starts_with("REQ(") && v.ends_with(')') => {
+                    let name = &v[4..v.len() - 1];
+                    Part::RequestHeader(http::HeaderName::try_from(name.to_ascii_lowercase()).map_err(
+                        |_| ConfigError::new(path, format!("invalid header name in %{v}%")),
+                    )?)
+                }
+                v => return Err(ConfigError::new(path, format!("unsupported variable %{v}%"))),
+            };
+            if !lit.is_empty() {
+                parts.push(Part::Literal(std::mem::take(&mut lit)));
+            }
+            parts.push(part);
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            parts.push(Part::Literal(lit));
+        }
+        Ok(Self(parts))
+    }
+}
+
+impl HeaderMutations {
+    #[allow(clippy::too_many_arguments)]
+    fn from_proto(
+        req_add: &[core_pb::HeaderValueOption],
+        req_remove: &[String],
+        resp_add: &[core_pb::HeaderValueOption],
+        resp_remove: &[String],
+    ) -> Result<Self> {
+        let adds = |opts: &[core_pb::HeaderValueOption], field: &str| {
+            opts.iter()
+                .enumerate()
+                .map(|(i, o)| header_add(o, &format!("{field}[{i}]")))
+                .collect::<Result<Vec<_>>>()
+        };
+        let removes = |names: &[String], field: &str| {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let n = n.to_ascii_lowercase();
+                    if n.starts_with(':') || n == "host" {
+                        Err(ConfigError::new(format!("{field}[{i}]"), "pseudo-headers and host cannot be removed"))
+                    } else {
+                        Ok(n)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(Self {
+            request_add: adds(req_add, "request_headers_to_add")?,
+            request_remove: removes(req_remove, "request_headers_to_remove")?,
+            response_add: adds(resp_add, "response_headers_to_add")?,
+            response_remove: removes(resp_remove, "response_headers_to_remove")?,
+        })
+    }
+}
+
+fn header_add(o: &core_pb::HeaderValueOption, path: &str) -> Result<HeaderAdd> {
+    let h = o
+        .header
+        .as_ref()
+        .ok_or_else(|| ConfigError::new(format!("{path}.header"), "required"))?;
+    let name = http::HeaderName::try_from(h.key.to_ascii_lowercase())
+        .map_err(|_| ConfigError::new(format!("{path}.header.key"), format!("invalid header name '{}'", h.key)))?;
+    if h.key.starts_with(':') || name == http::header::HOST {
+        return Err(ConfigError::new(format!("{path}.header.key"), "pseudo-headers and host cannot be set"));
+    }
+    use core_pb::header_value_option::HeaderAppendAction as A;
+    let action = match (o.append.as_ref().map(|b| b.value), A::try_from(o.append_action)) {
+        (Some(true), _) => AppendAction::AppendIfExistsOrAdd,
+        (Some(false), _) => AppendAction::OverwriteIfExistsOrAdd,
+        (None, Ok(A::AppendIfExistsOrAdd)) => AppendAction::AppendIfExistsOrAdd,
+        (None, Ok(A::AddIfAbsent)) => AppendAction::AddIfAbsent,
+        (None, Ok(A::OverwriteIfExistsOrAdd)) => AppendAction::OverwriteIfExistsOrAdd,
+        (None, Ok(A::OverwriteIfExists)) => AppendAction::OverwriteIfExists,
+        (None, Err(_)) => return Err(ConfigError::new(format!("{path}.append_action"), "unknown action")),
+    };
+    Ok(HeaderAdd {
+        name,
+        value: Template::parse(&h.value, &format!("{path}.header.value"))?,
+        action,
+        keep_empty_value: o.keep_empty_value,
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+    pub headers: HeaderMutations,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: Action,
+    pub headers: HeaderMutations,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(Regex),
+    /// Matches the prefix when followed by `/`, `?`, `#` or the end of the path.
+    SeparatedPrefix(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub case_sensitive: bool,
+    pub headers: Vec<HeaderMatcher>,
+    pub query: Vec<QueryMatcher>,
+    pub grpc: bool,
+    /// Percent of requests (0..=100 in millionths) sampled by `runtime_fraction`'s default.
+    pub fraction_per_million: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Forward(Arc<RouteAction>),
+    Redirect(Redirect),
+    Direct { status: u16, body: Option<bytes::Bytes> },
+}
+
+#[derive(Debug, Clone)]
+pub enum ClusterSpecifier {
+    Cluster(String),
+    Weighted { clusters: Vec<WeightedCluster>, total: u64 },
+    Header(http::HeaderName),
+}
+
+#[derive(Debug, Clone)]
+pub struct WeightedCluster {
+    pub name: String,
+    pub weight: u32,
+    pub headers: HeaderMutations,
+}
+
+#[derive(Debug, Clone)]
+pub enum HostRewrite {
+    Literal(String),
+    Auto,
+    Header(http::HeaderName),
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteAction {
+    pub cluster: ClusterSpecifier,
+    /// 503 (SERVICE_UNAVAILABLE) by default, or 404.
+    pub cluster_not_found_status: u16,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub host_rewrite: Option<HostRewrite>,
+    /// Whole-request timeout; None disables it. Envoy's default is 15 s.
+    pub timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub mirrors: Vec<Mirror>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RetryOn {
+    pub five_xx: bool,
+    pub gateway_error: bool,
+    pub reset: bool,
+    pub connect_failure: bool,
+    pub retriable_4xx: bool,
+    pub retriable_status_codes: bool,
+    pub refused_stream: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub on: RetryOn,
+    pub num_retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub base_interval: Duration,
+    pub max_interval: Duration,
+    pub retriable_status_codes: Vec<u16>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub cluster: String,
+    pub fraction_per_million: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub status: u16,
+    pub strip_query: bool,
+}
+
+impl RouteConfig {
+    pub fn from_proto(rc: &pb::RouteConfiguration) -> Result<Self> {
+        let virtual_hosts = rc
+            .virtual_hosts
+            .iter()
+            .enumerate()
+            .map(|(i, vh)| VirtualHost::from_proto(vh).map_err(|e| e.within(&format!("virtual_hosts[{i}]"))))
+            .collect::<Result<Vec<_>>>()?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, vh) in virtual_hosts.iter().enumerate() {
+            for d in &vh.domains {
+                if !seen.insert(d.to_ascii_lowercase()) {
+                    return Err(ConfigError::new(
+                        format!("virtual_hosts[{i}].domains"),
+                        format!("only unique values for domains are permitted: duplicate entry of domain {d}"),
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            name: rc.name.clone(),
+            virtual_hosts,
+            headers: HeaderMutations::from_proto(
+                &rc.request_headers_to_add,
+                &rc.request_headers_to_remove,
+                &rc.response_headers_to_add,
+                &rc.response_headers_to_remove,
+            )?,
+            most_specific_header_mutations_wins: rc.most_specific_header_mutations_wins,
+        })
+    }
+
+    /// Every cluster a route names statically (for `validate_clusters` and EDS interest).
+    pub fn referenced_clusters(&self) -> impl Iterator<Item = &str> {
+        self.virtual_hosts.iter().flat_map(|vh| vh.routes.iter()).flat_map(|r| {
+            let mut names: Vec<&str> = Vec::new();
+            if let Action::Forward(a) = &r.action {
+                match &a.cluster {
+                    ClusterSpecifier::Cluster(c) => names.push(c),
+                    ClusterSpecifier::Weighted { clusters, .. } => names.extend(clusters.iter().map(|c| c.name.as_str())),
+                    ClusterSpecifier::Header(_) => {}
+                }
+                names.extend(a.mirrors.iter().map(|m| m.cluster.as_str()));
+            }
+            names
+        })
+    }
+}
+
+impl VirtualHost {
+    fn from_proto(vh: &pb::VirtualHost) -> Result<Self> {
+        if vh.domains.is_empty() {
+            return Err(ConfigError::new("domains", "at least one domain is required"));
+        }
+        for (i, d) in vh.domains.iter().enumerate() {
+            let wildcards = d.matches('*').count();
+            let ok = d == "*" || wildcards == 0 || (wildcards == 1 && (d.starts_with('*') || d.ends_with('*')));
+            if !ok {
+                return Err(ConfigError::new(format!("domains[{i}]"), format!("invalid domain '{d}'")));
+            }
+        }
+        if vh.require_tls != 0 {
+            return Err(ConfigError::new("require_tls", "not supported"));
+        }
+        let routes = vh
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Route::from_proto(r).map_err(|e| e.within(&format!("routes[{i}]"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            name: vh.name.clone(),
+            domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            routes,
+            headers: HeaderMutations::from_proto(
+                &vh.request_headers_to_add,
+                &vh.request_headers_to_remove,
+                &vh.response_headers_to_add,
+                &vh.response_headers_to_remove,
+            )?,
+        })
+    }
+}
+
+impl Route {
+    fn from_proto(r: &pb::Route) -> Result<Self> {
+        let m = r.r#match.as_ref().ok_or_else(|| ConfigError::new("match", "required"))?;
+        let matcher = RouteMatch::from_proto(m).map_err(|e| e.within("match"))?;
+        let action = match &r.action {
+            Some(pb::route::Action::Route(a)) => {
+                Action::Forward(Arc::new(RouteAction::from_proto(a).map_err(|e| e.within("route"))?))
+            }
+            Some(pb::route::Action::Redirect(rd)) => {
+                Action::Redirect(Redirect::from_proto(rd).map_err(|e| e.within("redirect"))?)
+            }
+            Some(pb::route::Action::DirectResponse(d)) => {
+                if !(200..=599).contains(&d.status) {
+                    return Err(ConfigError::new("direct_response.status", "must be in 200..599"));
+                }
+                let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
+                    None => None,
+                    Some(core_pb::data_source::Specifier::InlineString(s)) => Some(bytes::Bytes::from(s.clone())),
+                    Some(core_pb::data_source::Specifier::InlineBytes(b)) => Some(bytes::Bytes::from(b.clone())),
+                    Some(_) => return Err(ConfigError::new("direct_response.body", "only inline bodies are supported")),
+                };
+                Action::Direct { status: d.status as u16, body }
+            }
+            Some(_) => return Err(ConfigError::new("action", "only route, redirect and direct_response are supported")),
+            None => return Err(ConfigError::new("action", "an action is required")),
+        };
+        Ok(Self {
+            name: r.name.clone(),
+            matcher,
+            action,
+            headers: HeaderMutations::from_proto(
+                &r.request_headers_to_add,
+                &r.request_headers_to_remove,
+                &r.response_headers_to_add,
+                &r.response_headers_to_remove,
+            )?,
+        })
+    }
+}
+
+fn fraction_per_million(f: &core_pb::RuntimeFractionalPercent) -> u32 {
+    use sentinel_proto::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+    let Some(p) = &f.default_value else { return 0 };
+    let per_million = match D::try_from(p.denominator) {
+        Ok(D::Hundred) => p.numerator as u64 * 10_000,
+        Ok(D::TenThousand) => p.numerator as u64 * 100,
+        _ => p.numerator as u64,
+    };
+    per_million.min(1_000_000) as u32
+}
+
+impl RouteMatch {
+    fn from_proto(m: &pb::RouteMatch) -> Result<Self> {
+        use pb::route_match::PathSpecifier as P;
+        let path = match &m.path_specifier {
+            Some(P::Prefix(p)) => PathMatch::Prefix(p.clone()),
+            Some(P::Path(p)) => PathMatch::Exact(p.clone()),
+            Some(P::SafeRegex(r)) => PathMatch::Regex(full_regex(r, "safe_regex")?),
+            Some(P::PathSeparatedPrefix(p)) => {
+                if p.contains(['?', '#']) || p.ends_with('/') {
+                    return Err(ConfigError::new("path_separated_prefix", "must not end in '/' or contain '?' or '#'"));
+                }
+                PathMatch::SeparatedPrefix(p.clone())
+            }
+            Some(_) => return Err(ConfigError::new("path_specifier", "not supported")),
+            None => return Err(ConfigError::new("path_specifier", "a path specifier is required")),
+        };
+        Ok(Self {
+            path,
+            case_sensitive: m.case_sensitive.as_ref().is_none_or(|b| b.value),
+            headers: m
+                .headers
+                .iter()
+                .enumerate()
+                .map(|(i, h)| HeaderMatcher::from_proto(h, &format!("headers[{i}]")))
+                .collect::<Result<_>>()?,
+            query: m
+                .query_parameters
+                .iter()
+                .enumerate()
+                .map(|(i, q)| QueryMatcher::from_proto(q, &format!("query_parameters[{i}]")))
+                .collect::<Result<_>>()?,
+            grpc: m.grpc.is_some(),
+            fraction_per_million: m.runtime_fraction.as_ref().map(fraction_per_million),
+        })
+    }
+}
+
+fn regex_rewrite(r: &sentinel_proto::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute, path: &str) -> Result<(Regex, String)> {
+    let pattern = r.pattern.as_ref().ok_or_else(|| ConfigError::new(format!("{path}.pattern"), "required"))?;
+    let re = compile_regex(&pattern.regex, false, &format!("{path}.pattern"))?;
+    // RE2 substitutions use \1; the regex crate uses ${1}.
+    let mut sub = String::new();
+    let mut chars = r.substitution.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(d)) if d.is_ascii_digit() => {
+                sub.push_str(&format!("${{{d}}}"));
+                chars.next();
+            }
+            ('$', _) => sub.push_str("$$"),
+            _ => sub.push(c),
+        }
+    }
+    Ok((re, sub))
+}
+
+impl RouteAction {
+    fn from_proto(a: &pb::RouteAction) -> Result<Self> {
+        use pb::route_action::{ClusterSpecifier as C, HostRewriteSpecifier as H};
+        let cluster = match &a.cluster_specifier {
+            Some(C::Cluster(c)) if !c.is_empty() => ClusterSpecifier::Cluster(c.clone()),
+            Some(C::ClusterHeader(h)) => ClusterSpecifier::Header(
+                http::HeaderName::try_from(h.to_ascii_lowercase())
+                    .map_err(|_| ConfigError::new("cluster_header", "invalid header name"))?,
+            ),
+            Some(C::WeightedClusters(w)) => {
+                let clusters = w
+                    .clusters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let p = format!("weighted_clusters.clusters[{i}]");
+                        if c.name.is_empty() {
+                            return Err(ConfigError::new(format!("{p}.name"), "required"));
+                        }
+                        Ok(WeightedCluster {
+                            name: c.name.clone(),
+                            weight: c.weight.as_ref().map_or(0, |w| w.value),
+                            headers: HeaderMutations::from_proto(
+                                &c.request_headers_to_add,
+                                &c.request_headers_to_remove,
+                                &c.response_headers_to_add,
+                                &c.response_headers_to_remove,
+                            )
+                            .map_err(|e| e.within(&p))?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let sum: u64 = clusters.iter().map(|c| c.weight as u64).sum();
+                let total = match a.cluster_specifier {
+                    Some(C::WeightedClusters(ref w)) => w.total_weight.as_ref().map_or(sum, |t| t.value as u64),
+                    _ => sum,
+                };
+                if clusters.is_empty() || sum == 0 || total != sum {
+                    return Err(ConfigError::new(
+                        "weighted_clusters",
+                        format!("sum of weights ({sum}) must be positive and equal total_weight ({total})"),
+                    ));
+                }
+                ClusterSpecifier::Weighted { clusters, total }
+            }
+            _ => return Err(ConfigError::new("cluster_specifier", "cluster, weighted_clusters or cluster_header is required")),
+        };
+        let cluster_not_found_status = match pb::route_action::ClusterNotFoundResponseCode::try_from(a.cluster_not_found_response_code) {
+            Ok(pb::route_action::ClusterNotFoundResponseCode::NotFound) => 404,
+            Ok(pb::route_action::ClusterNotFoundResponseCode::InternalServerError) => 500,
+            _ => 503,
+        };
+        let host_rewrite = match &a.host_rewrite_specifier {
+            None => None,
+            Some(H::HostRewriteLiteral(h)) => Some(HostRewrite::Literal(h.clone())),
+            Some(H::AutoHostRewrite(b)) if b.value => Some(HostRewrite::Auto),
+            Some(H::AutoHostRewrite(_)) => None,
+            Some(H::HostRewriteHeader(h)) => Some(HostRewrite::Header(
+                http::HeaderName::try_from(h.to_ascii_lowercase())
+                    .map_err(|_| ConfigError::new("host_rewrite_header", "invalid header name"))?,
+            )),
+            Some(_) => return Err(ConfigError::new("host_rewrite_specifier", "not supported")),
+        };
+        if a.prefix_rewrite.len() > 0 && a.regex_rewrite.is_some() {
+            return Err(ConfigError::new("regex_rewrite", "cannot be used with prefix_rewrite"));
+        }
+        Ok(Self {
+            cluster,
+            cluster_not_found_status,
+            prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
+            regex_rewrite: a.regex_rewrite.as_ref().map(|r| regex_rewrite(r, "regex_rewrite")).transpose()?,
+            host_rewrite,
+            timeout: timeout_or(a.timeout.as_ref(), Some(Duration::from_secs(15)), "timeout")?,
+            idle_timeout: timeout_or(a.idle_timeout.as_ref(), None, "idle_timeout")?,
+            retry: a.retry_policy.as_ref().map(|r| RetryPolicy::from_proto(r).map_err(|e| e.within("retry_policy"))).transpose()?,
+            mirrors: a
+                .request_mirror_policies
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    if m.cluster.is_empty() {
+                        return Err(ConfigError::new(format!("request_mirror_policies[{i}].cluster"), "required"));
+                    }
+                    Ok(Mirror {
+                        cluster: m.cluster.clone(),
+                        fraction_per_million: m.runtime_fraction.as_ref().map_or(1_000_000, fraction_per_million),
+                    })
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+impl RetryPolicy {
+    fn from_proto(r: &pb::RetryPolicy) -> Result<Self> {
+        let mut on = RetryOn::default();
+        for cond in r.retry_on.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match cond {
+                "5xx" => on.five_xx = true,
+                "gateway-error" => on.gateway_error = true,
+                "reset" | "reset-before-request" => on.reset = true,
+                "connect-failure" => on.connect_failure = true,
+                "retriable-4xx" => on.retriable_4xx = true,
+                "retriable-status-codes" => on.retriable_status_codes = true,
+                "refused-stream" => on.refused_stream = true,
+                other => return Err(ConfigError::new("retry_on", format!("retry condition '{other}' is not supported"))),
+            }
+        }
+        let (base, max) = match &r.retry_back_off {
+            Some(b) => {
+                let base = b
+                    .base_interval
+                    .as_ref()
+                    .map(|d| duration(d, "retry_back_off.base_interval"))
+                    .transpose()?
+                    .ok_or_else(|| ConfigError::new("retry_back_off.base_interval", "required"))?;
+                if base.is_zero() {
+                    return Err(ConfigError::new("retry_back_off.base_interval", "must be greater than 0"));
+                }
+                let max = b
+                    .max_interval
+                    .as_ref()
+                    .map(|d| duration(d, "retry_back_off.max_interval"))
+                    .transpose()?
+                    .unwrap_or(base * 10);
+                if max < base {
+                    return Err(ConfigError::new("retry_back_off.max_interval", "must be at least base_interval"));
+                }
+                (base, max)
+            }
+            None => (Duration::from_millis(25), Duration::from_millis(250)),
+        };
+        Ok(Self {
+            on,
+            num_retries: r.num_retries.as_ref().map_or(1, |n| n.value),
+            per_try_timeout: timeout_or(r.per_try_timeout.as_ref(), None, "per_try_timeout")?,
+            base_interval: base,
+            max_interval: max,
+            retriable_status_codes: r.retriable_status_codes.iter().map(|c| *c as u16).collect(),
+        })
+    }
+}
+
+impl Redirect {
+    fn from_proto(r: &pb::RedirectAction) -> Result<Self> {
+        use pb::redirect_action::{PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S};
+        let scheme = match &r.scheme_rewrite_specifier {
+            Some(S::HttpsRedirect(true)) => Some("https".to_string()),
+            Some(S::SchemeRedirect(s)) => Some(s.to_ascii_lowercase()),
+            _ => None,
+        };
+        let (path, prefix_rewrite, regex) = match &r.path_rewrite_specifier {
+            None => (None, None, None),
+            Some(P::PathRedirect(p)) => (Some(p.clone()), None, None),
+            Some(P::PrefixRewrite(p)) => (None, Some(p.clone()), None),
+            Some(P::RegexRewrite(rr)) => (None, None, Some(regex_rewrite(rr, "regex_rewrite")?)),
+            Some(P::PathRewrite(_)) => return Err(ConfigError::new("path_rewrite", "path templates are not supported")),
+        };
+        let status = match C::try_from(r.response_code) {
+            Ok(C::MovedPermanently) => 301,
+            Ok(C::Found) => 302,
+            Ok(C::SeeOther) => 303,
+            Ok(C::TemporaryRedirect) => 307,
+            Ok(C::PermanentRedirect) => 308,
+            Err(_) => return Err(ConfigError::new("response_code", "unknown code")),
+        };
+        Ok(Self {
+            scheme,
+            host: (!r.host_redirect.is_empty()).then(|| r.host_redirect.clone()),
+            port: (r.port_redirect != 0).then_some(r.port_redirect as u16),
+            path,
+            prefix_rewrite,
+            regex_rewrite: regex,
+            status,
+            strip_query: r.strip_query,
+        })
+    }
+}

@@ -1,0 +1,507 @@
+//! The resource store: validates xDS updates, tracks warming, publishes snapshots.
+//!
+//! One task owns the store (the xDS client's actor), so it needs no locks. Each update is
+//! validated resource by resource: the valid ones are applied, the invalid ones keep their
+//! last good version, and the update as a whole is NACKed with every rejected resource named
+//! (as Envoy does). Listeners wait for their routes and EDS clusters for their endpoints
+//! before they replace what is serving (warming), bounded by `initial_fetch_timeout`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use prost::Message;
+use sentinel_proto::pb::envoy::config::{cluster::v3 as cds, endpoint::v3 as eds, listener::v3 as lds, route::v3 as rds};
+use sentinel_proto::pb::google::protobuf::Any;
+
+use crate::config::fields;
+use crate::config::listener::ConfigSourceRef;
+use crate::config::{Cluster, ClusterLoadAssignment, ConfigError, Listener, RouteConfig};
+use crate::snapshot::{DumpEntry, DumpState, Snapshot, SnapshotHandle, TypeDump, UpdateFailure};
+use crate::types;
+
+/// One resource of an update: delta responses carry the name and a per-resource version.
+pub struct Incoming {
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub resource: Any,
+}
+
+/// An update for one type, from a SotW or delta response or a file.
+pub struct Update {
+    pub type_url: String,
+    pub version_info: String,
+    pub resources: Vec<Incoming>,
+    pub removed: Vec<String>,
+    /// SotW LDS/CDS: resources absent from the update are removed.
+    pub full_state: bool,
+}
+
+struct Entry<T> {
+    config: Arc<T>,
+    raw: Any,
+    version: String,
+    updated: SystemTime,
+    is_static: bool,
+}
+
+impl<T> Entry<T> {
+    fn dump(&self, name: &str, warming: bool) -> DumpEntry {
+        DumpEntry {
+            name: name.to_string(),
+            version_info: self.version.clone(),
+            last_updated: self.updated,
+            resource: self.raw.clone(),
+            is_static: self.is_static,
+            warming,
+        }
+    }
+}
+
+/// A resource that waits for its dependencies before it serves.
+struct Warming {
+    deadline: Option<Instant>,
+}
+
+#[derive(Default)]
+pub struct Store {
+    listeners: BTreeMap<String, Entry<Listener>>,
+    active_listeners: HashMap<String, Arc<Listener>>,
+    warming_listeners: HashMap<String, Warming>,
+    routes: BTreeMap<String, Entry<RouteConfig>>,
+    clusters: BTreeMap<String, Entry<Cluster>>,
+    active_clusters: HashMap<String, Arc<Cluster>>,
+    warming_clusters: HashMap<String, Warming>,
+    endpoints: BTreeMap<String, Entry<ClusterLoadAssignment>>,
+    versions: HashMap<&'static str, String>,
+    failures: HashMap<&'static str, UpdateFailure>,
+    /// Types whose first response is still awaited, with the deadline of that wait.
+    initial_pending: HashMap<&'static str, Option<Instant>>,
+    initialized: bool,
+    version: u64,
+    handle: SnapshotHandle,
+}
+
+fn canonical(type_url: &str) -> Option<&'static str> {
+    types::ORDER.into_iter().find(|t| *t == type_url)
+}
+
+fn resource_name(type_url: &str, any: &Any) -> Result<String, String> {
+    let bytes = any.value.as_slice();
+    let name = match type_url {
+        types::LISTENER => lds::Listener::decode(bytes).map(|r| r.name),
+        types::ROUTE => rds::RouteConfiguration::decode(bytes).map(|r| r.name),
+        types::CLUSTER => cds::Cluster::decode(bytes).map(|r| r.name),
+        types::ENDPOINT => eds::ClusterLoadAssignment::decode(bytes).map(|r| r.cluster_name),
+        _ => return Err(format!("unsupported type {type_url}")),
+    };
+    name.map_err(|e| format!("cannot decode: {e}"))
+}
+
+impl Store {
+    pub fn new(handle: SnapshotHandle) -> Self {
+        Self {
+            handle,
+            ..Default::default()
+        }
+    }
+
+    /// The handle the data plane reads.
+    pub fn handle(&self) -> &SnapshotHandle {
+        &self.handle
+    }
+
+    /// Adds a bootstrap static resource; static resources never warm and never go away.
+    pub fn add_static(&mut self, resource: Any) -> Result<(), String> {
+        let type_url = canonical(&resource.type_url)
+            .ok_or_else(|| format!("unsupported static resource type {}", resource.type_url))?;
+        let name = resource_name(type_url, &resource)?;
+        self.validate_and_insert(type_url, &name, resource, "", true, Instant::now())
+            .map_err(|e| format!("{name}: {e}"))
+    }
+
+    /// Says that the first response of a type is awaited (LDS/CDS from the bootstrap), so
+    /// `/ready` waits for it, at most until `deadline`.
+    pub fn expect_initial(&mut self, type_url: &str, deadline: Option<Instant>) {
+        if let Some(t) = canonical(type_url) {
+            self.initial_pending.insert(t, deadline);
+        }
+    }
+
+    /// Applies an update. Valid resources are applied even when others are rejected; the
+    /// error (for the NACK) names each rejected resource and why.
+    pub fn apply(&mut self, update: Update, now: Instant) -> Result<(), String> {
+        let Some(type_url) = canonical(&update.type_url) else {
+            return Err(format!("unsupported resource type {}", update.type_url));
+        };
+        self.initial_pending.remove(type_url);
+        let mut errors = Vec::new();
+        let mut named = Vec::with_capacity(update.resources.len());
+        let mut seen = HashSet::new();
+        for inc in update.resources {
+            if inc.resource.type_url != type_url {
+                errors.push(format!("resource of type {} in a {} response", inc.resource.type_url, types::short(type_url)));
+                continue;
+            }
+            let name = match resource_name(type_url, &inc.resource) {
+                Ok(n) => n,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            if !seen.insert(name.clone()) {
+                // Envoy refuses the whole update when a name repeats.
+                let err = format!("duplicate {} resource '{name}' in one update", types::short(type_url));
+                self.record_failure(type_url, &update.version_info, &err);
+                return Err(err);
+            }
+            let version = inc.version.unwrap_or_else(|| update.version_info.clone());
+            named.push((name, version, inc.resource));
+        }
+        if update.full_state {
+            let stale: Vec<String> = self
+                .names(type_url)
+                .into_iter()
+                .filter(|n| !seen.contains(n))
+                .collect();
+            for name in stale {
+                self.remove(type_url, &name);
+            }
+        }
+        for name in &update.removed {
+            self.remove(type_url, name);
+        }
+        for (name, version, resource) in named {
+            if let Err(e) = self.validate_and_insert(type_url, &name, resource, &version, false, now) {
+                errors.push(format!("{name}: {e}"));
+            }
+        }
+        self.gc_unreferenced();
+        self.promote(now);
+        if errors.is_empty() {
+            self.versions.insert(type_url, update.version_info);
+            self.publish();
+            Ok(())
+        } else {
+            let detail = errors.join("; ");
+            self.record_failure(type_url, &update.version_info, &detail);
+            self.publish();
+            Err(detail)
+        }
+    }
+
+    fn record_failure(&mut self, type_url: &'static str, version: &str, details: &str) {
+        tracing::warn!(type_url = types::short(type_url), version, "rejected update: {details}");
+        self.failures.insert(
+            type_url,
+            UpdateFailure {
+                details: details.to_string(),
+                version_info: version.to_string(),
+                when: SystemTime::now(),
+            },
+        );
+    }
+
+    fn names(&self, type_url: &str) -> Vec<String> {
+        let dynamic = |is_static: bool| !is_static;
+        match type_url {
+            types::LISTENER => self.listeners.iter().filter(|(_, e)| dynamic(e.is_static)).map(|(n, _)| n.clone()).collect(),
+            types::CLUSTER => self.clusters.iter().filter(|(_, e)| dynamic(e.is_static)).map(|(n, _)| n.clone()).collect(),
+            types::ROUTE => self.routes.keys().cloned().collect(),
+            types::ENDPOINT => self.endpoints.keys().cloned().collect(),
+            _ => vec![],
+        }
+    }
+
+    fn remove(&mut self, type_url: &str, name: &str) {
+        match type_url {
+            types::LISTENER if self.listeners.get(name).is_some_and(|e| !e.is_static) => {
+                self.listeners.remove(name);
+                self.active_listeners.remove(name);
+                self.warming_listeners.remove(name);
+            }
+            types::CLUSTER if self.clusters.get(name).is_some_and(|e| !e.is_static) => {
+                self.clusters.remove(name);
+                self.active_clusters.remove(name);
+                self.warming_clusters.remove(name);
+            }
+            types::ROUTE => {
+                self.routes.remove(name);
+            }
+            types::ENDPOINT => {
+                self.endpoints.remove(name);
+            }
+            _ => {}
+        }
+    }
+
+    fn validate_and_insert(
+        &mut self,
+        type_url: &'static str,
+        name: &str,
+        raw: Any,
+        version: &str,
+        is_static: bool,
+        now: Instant,
+    ) -> Result<(), ConfigError> {
+        let full_name = &type_url[sentinel_proto::TYPE_URL_PREFIX.len()..];
+        fields::check(full_name, &raw.value)?;
+        let bad = |e: prost::DecodeError| ConfigError::new("", format!("cannot decode: {e}"));
+        let updated = SystemTime::now();
+        macro_rules! entry {
+            ($config:expr) => {
+                Entry { config: Arc::new($config), raw, version: version.to_string(), updated, is_static }
+            };
+        }
+        match type_url {
+            types::LISTENER => {
+                let config = Listener::from_proto(&lds::Listener::decode(raw.value.as_slice()).map_err(bad)?)?;
+                if self.listeners.get(name).is_some_and(|e| e.raw == raw) {
+                    return Ok(());
+                }
+                if let Some((other, _)) = self
+                    .listeners
+                    .iter()
+                    .find(|(n, e)| n.as_str() != name && e.config.address == config.address && config.address.port() != 0)
+                {
+                    return Err(ConfigError::new(
+                        "address",
+                        format!("error adding listener '{}': listener '{other}' has duplicate address '{}' as existing listener", name, config.address),
+                    ));
+                }
+                let deadline = config
+                    .rds_names()
+                    .filter_map(|(_, src)| src.initial_fetch_timeout)
+                    .min()
+                    .map(|t| now + t);
+                self.listeners.insert(name.to_string(), entry!(config));
+                self.warming_listeners.insert(name.to_string(), Warming { deadline });
+            }
+            types::ROUTE => {
+                let config = RouteConfig::from_proto(&rds::RouteConfiguration::decode(raw.value.as_slice()).map_err(bad)?)?;
+                self.routes.insert(name.to_string(), entry!(config));
+            }
+            types::CLUSTER => {
+                let proto = cds::Cluster::decode(raw.value.as_slice()).map_err(bad)?;
+                let config = Cluster::from_proto(&proto)?;
+                if self.clusters.get(name).is_some_and(|e| e.raw == raw) {
+                    return Ok(());
+                }
+                let deadline = proto
+                    .eds_cluster_config
+                    .as_ref()
+                    .and_then(|e| e.eds_config.as_ref())
+                    .map(ConfigSourceRef::from_proto)
+                    .transpose()
+                    .map_err(|e| e.within("eds_cluster_config.eds_config"))?
+                    .map_or(Some(std::time::Duration::from_secs(15)), |s| s.initial_fetch_timeout)
+                    .map(|t| now + t);
+                let eds = config.eds_service_name().is_some();
+                self.clusters.insert(name.to_string(), entry!(config));
+                if eds {
+                    self.warming_clusters.insert(name.to_string(), Warming { deadline });
+                } else {
+                    self.warming_clusters.remove(name);
+                    self.active_clusters.insert(name.to_string(), self.clusters[name].config.clone());
+                }
+            }
+            types::ENDPOINT => {
+                let config = ClusterLoadAssignment::from_proto(&eds::ClusterLoadAssignment::decode(raw.value.as_slice()).map_err(bad)?, false)?;
+                self.endpoints.insert(name.to_string(), entry!(config));
+                // A (new) assignment warms every cluster that waits for it.
+                let warm: Vec<String> = self
+                    .warming_clusters
+                    .keys()
+                    .filter(|c| self.clusters[*c].config.eds_service_name() == Some(name))
+                    .cloned()
+                    .collect();
+                for c in warm {
+                    self.warming_clusters.remove(&c);
+                    self.active_clusters.insert(c.clone(), self.clusters[&c].config.clone());
+                }
+            }
+            _ => unreachable!("canonical type"),
+        }
+        Ok(())
+    }
+
+    /// Moves warm listeners (all routes present, or timed out) into service.
+    fn promote(&mut self, now: Instant) {
+        let routes = &self.routes;
+        let ready: Vec<String> = self
+            .warming_listeners
+            .iter()
+            .filter(|(name, w)| {
+                w.deadline.is_some_and(|d| d <= now)
+                    || self.listeners[*name].config.rds_names().all(|(r, _)| routes.contains_key(r))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in ready {
+            self.warming_listeners.remove(&name);
+            self.active_listeners.insert(name.clone(), self.listeners[&name].config.clone());
+        }
+        let expired: Vec<String> = self
+            .warming_clusters
+            .iter()
+            .filter(|(_, w)| w.deadline.is_some_and(|d| d <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in expired {
+            tracing::warn!(cluster = %name, "endpoints did not arrive in time; the cluster serves without them");
+            self.warming_clusters.remove(&name);
+            self.active_clusters.insert(name.clone(), self.clusters[&name].config.clone());
+        }
+        let timed_out: Vec<&'static str> = self
+            .initial_pending
+            .iter()
+            .filter(|(_, d)| d.is_some_and(|d| d <= now))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in timed_out {
+            tracing::warn!(type_url = types::short(t), "initial fetch timed out");
+            self.initial_pending.remove(t);
+        }
+        if !self.initialized
+            && self.initial_pending.is_empty()
+            && self.warming_listeners.is_empty()
+            && self.warming_clusters.is_empty()
+        {
+            self.initialized = true;
+        }
+    }
+
+    /// Called when a deadline passes.
+    pub fn tick(&mut self, now: Instant) {
+        let before = (self.warming_listeners.len(), self.warming_clusters.len(), self.initial_pending.len());
+        self.promote(now);
+        let after = (self.warming_listeners.len(), self.warming_clusters.len(), self.initial_pending.len());
+        if before != after {
+            self.publish();
+        }
+    }
+
+    /// The earliest warming or initial-fetch deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.warming_listeners
+            .values()
+            .chain(self.warming_clusters.values())
+            .filter_map(|w| w.deadline)
+            .chain(self.initial_pending.values().flatten().copied())
+            .min()
+    }
+
+    /// Route configurations that listeners (warm or warming) point at, with their sources.
+    pub fn rds_interest(&self) -> BTreeMap<String, ConfigSourceRef> {
+        let mut out = BTreeMap::new();
+        for e in self.listeners.values() {
+            for (name, src) in e.config.rds_names() {
+                out.entry(name.to_string()).or_insert_with(|| src.clone());
+            }
+        }
+        out
+    }
+
+    /// EDS service names that clusters point at, with their sources.
+    pub fn eds_interest(&self) -> BTreeMap<String, ConfigSourceRef> {
+        let mut out = BTreeMap::new();
+        for e in self.clusters.values() {
+            if let Some(service) = e.config.eds_service_name() {
+                let src = cds::Cluster::decode(e.raw.value.as_slice())
+                    .ok()
+                    .and_then(|c| c.eds_cluster_config)
+                    .and_then(|c| c.eds_config)
+                    .and_then(|c| ConfigSourceRef::from_proto(&c).ok())
+                    .unwrap_or(ConfigSourceRef {
+                        kind: crate::config::listener::SourceKind::Ads,
+                        initial_fetch_timeout: Some(std::time::Duration::from_secs(15)),
+                    });
+                out.entry(service.to_string()).or_insert(src);
+            }
+        }
+        out
+    }
+
+    /// Routes and endpoints that nothing references any more are dropped (SotW semantics).
+    fn gc_unreferenced(&mut self) {
+        let rds = self.rds_interest();
+        self.routes.retain(|n, _| rds.contains_key(n));
+        let eds = self.eds_interest();
+        self.endpoints.retain(|n, _| eds.contains_key(n));
+    }
+
+    /// Per-resource versions of a type, for a delta stream's `initial_resource_versions`.
+    pub fn resource_versions(&self, type_url: &str) -> HashMap<String, String> {
+        fn collect<T>(m: &BTreeMap<String, Entry<T>>) -> HashMap<String, String> {
+            m.iter().filter(|(_, e)| !e.is_static).map(|(n, e)| (n.clone(), e.version.clone())).collect()
+        }
+        match type_url {
+            types::LISTENER => collect(&self.listeners),
+            types::ROUTE => collect(&self.routes),
+            types::CLUSTER => collect(&self.clusters),
+            types::ENDPOINT => collect(&self.endpoints),
+            _ => HashMap::new(),
+        }
+    }
+
+    /// The last accepted version of a type (SotW `version_info`).
+    pub fn version_info(&self, type_url: &str) -> String {
+        canonical(type_url).and_then(|t| self.versions.get(t)).cloned().unwrap_or_default()
+    }
+
+    fn publish(&mut self) {
+        self.version += 1;
+        fn dump<T>(
+            m: &BTreeMap<String, Entry<T>>,
+            warming: &dyn Fn(&str) -> bool,
+            version: Option<&String>,
+            failure: Option<&UpdateFailure>,
+        ) -> TypeDump {
+            TypeDump {
+                version_info: version.cloned().unwrap_or_default(),
+                entries: m.iter().map(|(n, e)| e.dump(n, warming(n))).collect(),
+                last_failure: failure.cloned(),
+            }
+        }
+        let never = |_: &str| false;
+        let dump = DumpState {
+            listeners: dump(
+                &self.listeners,
+                &|n| self.warming_listeners.contains_key(n),
+                self.versions.get(types::LISTENER),
+                self.failures.get(types::LISTENER),
+            ),
+            routes: dump(&self.routes, &never, self.versions.get(types::ROUTE), self.failures.get(types::ROUTE)),
+            clusters: dump(
+                &self.clusters,
+                &|n| self.warming_clusters.contains_key(n),
+                self.versions.get(types::CLUSTER),
+                self.failures.get(types::CLUSTER),
+            ),
+            endpoints: dump(&self.endpoints, &never, self.versions.get(types::ENDPOINT), self.failures.get(types::ENDPOINT)),
+        };
+        let mut endpoints: HashMap<String, Arc<ClusterLoadAssignment>> =
+            self.endpoints.iter().map(|(n, e)| (n.clone(), e.config.clone())).collect();
+        for (name, c) in &self.active_clusters {
+            if let Some(la) = &c.load_assignment {
+                endpoints.insert(name.clone(), Arc::new(la.clone()));
+            }
+        }
+        self.handle.publish(Snapshot {
+            version: self.version,
+            listeners: self.active_listeners.clone(),
+            routes: self.routes.iter().map(|(n, e)| (n.clone(), e.config.clone())).collect(),
+            clusters: self.active_clusters.clone(),
+            endpoints,
+            initialized: self.initialized,
+            dump: Arc::new(dump),
+        });
+    }
+
+    /// Publishes the static resources before any xDS arrives.
+    pub fn publish_initial(&mut self, now: Instant) {
+        self.promote(now);
+        self.publish();
+    }
+}
