@@ -6,6 +6,7 @@
 //! resources into [`config`] types, tracks warming, and publishes an immutable [`Snapshot`].
 
 pub mod bootstrap;
+pub mod client;
 pub mod config;
 pub mod snapshot;
 pub mod store;

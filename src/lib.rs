@@ -1,0 +1,167 @@
+//! Sentinel: an Envoy-compatible L7 proxy on Pingora, configured only by xDS.
+//!
+//! Data flow: the bootstrap ([`sentinel_xds::bootstrap`]) starts the xDS client
+//! ([`sentinel_xds::client`]), which publishes validated snapshots; the [`listeners`] manager
+//! binds what LDS asks for and hands connections to the HTTP filter chain ([`proxy`]), whose
+//! [`router`] picks a route and whose cluster manager ([`upstream`]) picks the upstream host.
+
+pub mod admin;
+pub mod cli;
+pub mod listeners;
+pub mod proxy;
+pub mod router;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use pingora_core::server::configuration::ServerConf;
+use sentinel_xds::bootstrap::{Bootstrap, BootstrapError, Overrides};
+use sentinel_xds::client::{ClientError, XdsClient};
+use sentinel_xds::SnapshotHandle;
+use tokio::sync::{mpsc, watch};
+
+pub use cli::Options;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    #[error(transparent)]
+    Config(#[from] ClientError),
+    #[error("cannot bind admin address {addr}: {source}")]
+    Admin { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A proxy built from a bootstrap, ready to run.
+pub struct SentinelApp {
+    bootstrap: Bootstrap,
+    options: Options,
+}
+
+/// A started proxy: what tests and `main` need to observe and stop it.
+pub struct Running {
+    pub snapshots: SnapshotHandle,
+    /// The bound admin address (port 0 in the bootstrap gives a real port here).
+    pub admin: Option<SocketAddr>,
+    /// Listener names and addresses, as bound.
+    pub listeners: Arc<arc_swap::ArcSwap<Vec<(String, SocketAddr)>>>,
+    /// Resolves when `/quitquitquit` was called.
+    pub quit: mpsc::UnboundedReceiver<()>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Running {
+    /// Stops accepting, lets connections finish for at most the drain time, then stops.
+    pub async fn shutdown(self, drain: std::time::Duration) {
+        self.stop.send_replace(true);
+        let deadline = tokio::time::Instant::now() + drain;
+        while self.connections.load(std::sync::atomic::Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl SentinelApp {
+    /// Reads the bootstrap at `path` with default options.
+    pub fn from_bootstrap(path: impl AsRef<std::path::Path>) -> Result<Self, AppError> {
+        let options = Options {
+            config_path: Some(path.as_ref().to_path_buf()),
+            ..Options::default()
+        };
+        Self::new(options)
+    }
+
+    pub fn new(options: Options) -> Result<Self, AppError> {
+        let overrides = Overrides {
+            node_id: options.service_node.clone(),
+            cluster: options.service_cluster.clone(),
+            zone: options.service_zone.clone(),
+        };
+        let bootstrap = Bootstrap::load(options.config_path.as_deref(), options.config_yaml.as_deref(), &overrides)?;
+        Ok(Self { bootstrap, options })
+    }
+
+    /// `--mode validate`: the bootstrap and its static resources are valid.
+    pub fn validate(&self) -> Result<(), AppError> {
+        XdsClient::new(&self.bootstrap, SnapshotHandle::new())?;
+        Ok(())
+    }
+
+    /// Starts the xDS client, the admin listener and the listener manager on the current
+    /// tokio runtime.
+    pub async fn start(self) -> Result<Running, AppError> {
+        let snapshots = SnapshotHandle::new();
+        let client = XdsClient::new(&self.bootstrap, snapshots.clone())?;
+        let mut tasks = vec![tokio::spawn(client.run())];
+        let clusters = Arc::new(upstream::ClusterManager::default());
+        let conf = Arc::new(ServerConf {
+            threads: self.options.concurrency,
+            ..ServerConf::default()
+        });
+        let mut manager = listeners::ListenerManager::new(snapshots.clone(), clusters.clone(), conf, self.options.drain_time);
+        let connections = manager.connections.clone();
+        let bound = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
+        let (stop, mut stop_rx) = watch::channel(false);
+        let mut changes = snapshots.subscribe();
+        let bound_w = bound.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                manager.sync().await;
+                bound_w.store(Arc::new(manager.addresses()));
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = listeners::flipped(&mut stop_rx) => {
+                        manager.drain_all();
+                        return;
+                    }
+                }
+            }
+        }));
+        let (quit_tx, quit) = mpsc::unbounded_channel();
+        let mut admin = None;
+        if let Some(addr) = self.bootstrap.admin {
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| AppError::Admin { addr, source })?;
+            admin = l.local_addr().ok();
+            let o = &self.options;
+            let state = Arc::new(admin::AdminState {
+                snapshots: snapshots.clone(),
+                clusters,
+                listeners: bound.clone(),
+                bootstrap: self.bootstrap.json.clone(),
+                node: sentinel_proto::to_json(&self.bootstrap.node_proto),
+                options: serde_json::json!({
+                    "concurrency": o.concurrency,
+                    "config_path": o.config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    "config_yaml": o.config_yaml.clone().unwrap_or_default(),
+                    "log_level": o.log_level,
+                    "service_cluster": o.service_cluster.clone().unwrap_or_default(),
+                    "service_node": o.service_node.clone().unwrap_or_default(),
+                    "service_zone": o.service_zone.clone().unwrap_or_default(),
+                    "drain_time": format!("{}s", o.drain_time.as_secs()),
+                    "parent_shutdown_time": format!("{}s", o.parent_shutdown_time.as_secs()),
+                    "mode": if o.mode == cli::Mode::Validate { "Validate" } else { "Serve" },
+                    "base_id": o.base_id.to_string(),
+                }),
+                started: SystemTime::now(),
+                quit: quit_tx,
+            });
+            tasks.push(tokio::spawn(admin::serve(l, state)));
+        }
+        Ok(Running {
+            snapshots,
+            admin,
+            listeners: bound,
+            quit,
+            stop,
+            tasks,
+            connections,
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! Listeners that come and go with LDS.
+//!
+//! Pingora's own listeners are fixed at start, so each xDS listener gets its own tokio accept
+//! loop that hands connections to Pingora's HTTP app. Every version of a listener is a
+//! *generation*: its filter chains (one `HttpProxy` each) and one shutdown watch. An update
+//! swaps in a new generation for new connections and drains the old one: its next responses
+//! say `connection: close` (HTTP/1) or GOAWAY (HTTP/2), and after `--drain-time-s` whatever
+//! is left is closed. A removed listener stops accepting at once and drains the same way.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pingora_core::apps::{HttpServerOptions, ServerApp};
+use pingora_core::protocols::l4::listener::Listener as PingoraListener;
+use pingora_core::protocols::GetSocketDigest;
+use pingora_core::server::configuration::ServerConf;
+use pingora_proxy::HttpProxy;
+use sentinel_xds::config::hcm::Codec;
+use sentinel_xds::config::listener::{CidrRange, FilterChain, FilterChainMatch, SourceType};
+use sentinel_xds::config::Listener;
+use sentinel_xds::SnapshotHandle;
+use tokio::sync::watch;
+
+use crate::proxy::HttpHandler;
+use crate::upstream::ClusterManager;
+
+type App = Arc<HttpProxy<HttpHandler>>;
+
+/// One version of a listener's filter chains.
+struct Generation {
+    chains: Vec<(FilterChainMatch, App)>,
+    default_chain: Option<App>,
+    /// Flips to true when this generation starts draining.
+    draining: watch::Sender<bool>,
+    /// Flips to true when the drain time is over: remaining connections are closed.
+    closed: watch::Sender<bool>,
+}
+
+impl Generation {
+    /// Envoy's filter chain selection: at each level the most specific match wins.
+    fn select(&self, local: SocketAddr, peer: SocketAddr) -> Option<&App> {
+        let mut cands: Vec<&(FilterChainMatch, App)> = self.chains.iter().collect();
+        narrow(&mut cands, |m| m.destination_port.map(|p| (p == local.port()).then_some(1)));
+        narrow(&mut cands, |m| best_cidr(&m.prefix_ranges, local.ip()));
+        narrow(&mut cands, |m| best_cidr(&m.direct_source_prefix_ranges, peer.ip()));
+        let local_src = peer.ip().is_loopback() || peer.ip() == local.ip();
+        narrow(&mut cands, |m| match m.source_type {
+            SourceType::Any => None,
+            SourceType::SameIpOrLoopback => Some(local_src.then_some(1)),
+            SourceType::External => Some((!local_src).then_some(1)),
+        });
+        narrow(&mut cands, |m| best_cidr(&m.source_prefix_ranges, peer.ip()));
+        narrow(&mut cands, |m| (!m.source_ports.is_empty()).then(|| m.source_ports.contains(&peer.port()).then_some(1)));
+        match cands.as_slice() {
+            [one] => Some(&one.1),
+            _ => self.default_chain.as_ref(),
+        }
+    }
+
+    fn drain(&self, drain_time: Duration, apps: Vec<App>) {
+        self.draining.send_replace(true);
+        let closed = self.closed.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(drain_time).await;
+            for app in apps {
+                app.cleanup().await;
+            }
+            closed.send_replace(true);
+        });
+    }
+
+    fn apps(&self) -> Vec<App> {
+        self.chains.iter().map(|(_, a)| a.clone()).chain(self.default_chain.clone()).collect()
+    }
+}
+
+/// Keeps the chains whose criterion is the most specific: `rank` gives None when the chain
+/// does not constrain this level, Some(None) when it constrains it and fails, and
+/// Some(Some(n)) when it matches with specificity n.
+fn narrow(cands: &mut Vec<&(FilterChainMatch, App)>, rank: impl Fn(&FilterChainMatch) -> Option<Option<u32>>) {
+    let best = cands.iter().filter_map(|(m, _)| rank(m).flatten()).max();
+    match best {
+        Some(b) => cands.retain(|(m, _)| rank(m) == Some(Some(b))),
+        None => cands.retain(|(m, _)| rank(m).is_none()),
+    }
+}
+
+fn best_cidr(ranges: &[CidrRange], ip: IpAddr) -> Option<Option<u32>> {
+    if ranges.is_empty() {
+        return None;
+    }
+    Some(ranges.iter().filter(|r| r.contains(ip)).map(|r| r.len as u32 + 1).max())
+}
+
+/// Resolves once the watch holds true (or its sender is gone).
+pub(crate) async fn flipped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+struct Running {
+    config: Arc<Listener>,
+    current: Arc<ArcSwap<Generation>>,
+    stop_accept: watch::Sender<bool>,
+}
+
+pub struct ListenerManager {
+    snapshots: SnapshotHandle,
+    clusters: Arc<ClusterManager>,
+    conf: Arc<ServerConf>,
+    drain_time: Duration,
+    running: HashMap<String, Running>,
+    /// Open downstream connections, for a graceful exit.
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl ListenerManager {
+    pub fn new(snapshots: SnapshotHandle, clusters: Arc<ClusterManager>, conf: Arc<ServerConf>, drain_time: Duration) -> Self {
+        Self {
+            snapshots,
+            clusters,
+            conf,
+            drain_time,
+            running: HashMap::new(),
+            connections: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Addresses actually bound, by listener name (for /listeners).
+    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.running.iter().map(|(n, r)| (n.clone(), r.config.address)).collect()
+    }
+
+    fn generation(snapshots: &SnapshotHandle, clusters: &Arc<ClusterManager>, conf: &Arc<ServerConf>, l: &Listener) -> Generation {
+        let build = |fc: &FilterChain| -> App {
+            let handler = HttpHandler {
+                hcm: Arc::new(fc.hcm.clone()),
+                snapshots: snapshots.clone(),
+                clusters: clusters.clone(),
+            };
+            let mut proxy = pingora_proxy::http_proxy(conf, handler);
+            let mut opts = HttpServerOptions::default();
+            opts.h2c = fc.hcm.codec != Codec::Http1;
+            proxy.server_options = Some(opts);
+            Arc::new(proxy)
+        };
+        Generation {
+            chains: l.filter_chains.iter().map(|fc| (fc.matcher.clone(), build(fc))).collect(),
+            default_chain: l.default_filter_chain.as_ref().map(build),
+            draining: watch::channel(false).0,
+            closed: watch::channel(false).0,
+        }
+    }
+
+    /// Brings the running listeners in line with the current snapshot.
+    pub async fn sync(&mut self) {
+        let snap = self.snapshots.load();
+        self.clusters.update(&snap);
+        let gone: Vec<String> = self.running.keys().filter(|n| !snap.listeners.contains_key(*n)).cloned().collect();
+        for name in gone {
+            let r = self.running.remove(&name).expect("listed above");
+            tracing::info!(listener = %name, "removing listener; draining");
+            r.stop_accept.send_replace(true);
+            let g = r.current.load();
+            g.drain(self.drain_time, g.apps());
+        }
+        for (name, config) in &snap.listeners {
+            match self.running.get_mut(name) {
+                Some(r) if Arc::ptr_eq(&r.config, config) => {}
+                Some(r) if r.config.address == config.address => {
+                    tracing::info!(listener = %name, "updating listener; draining the old filter chains");
+                    let next = Arc::new(Self::generation(&self.snapshots, &self.clusters, &self.conf, config));
+                    let old = r.current.swap(next);
+                    r.config = config.clone();
+                    old.drain(self.drain_time, old.apps());
+                }
+                _ => {
+                    if let Some(old) = self.running.remove(name) {
+                        old.stop_accept.send_replace(true);
+                        let g = old.current.load();
+                        g.drain(self.drain_time, g.apps());
+                    }
+                    match self.start(config).await {
+                        Ok(r) => {
+                            self.running.insert(name.clone(), r);
+                        }
+                        Err(e) => tracing::error!(listener = %name, address = %config.address, "cannot bind: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn start(&self, config: &Arc<Listener>) -> std::io::Result<Running> {
+        let socket = if config.address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(config.address)?;
+        let tcp = socket.listen(1024)?;
+        let local = tcp.local_addr()?;
+        tracing::info!(listener = %config.name, address = %local, "listening");
+        let listener = PingoraListener::from(tcp);
+        let current = Arc::new(ArcSwap::from_pointee(Self::generation(&self.snapshots, &self.clusters, &self.conf, config)));
+        let (stop_accept, mut stop_rx) = watch::channel(false);
+        let gens = current.clone();
+        let connections = self.connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = flipped(&mut stop_rx) => return,
+                    res = listener.accept() => match res {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let g = gens.load_full();
+                let peer = stream
+                    .get_socket_digest()
+                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+                let Some(peer) = peer else { continue };
+                let Some(app) = g.select(local, peer).cloned() else {
+                    tracing::debug!(%peer, "no filter chain matches; closing");
+                    continue;
+                };
+                let draining = g.draining.subscribe();
+                let mut closed = g.closed.subscribe();
+                let connections = connections.clone();
+                connections.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = app.process_new(Box::new(stream), &draining) => {}
+                        _ = flipped(&mut closed) => {}
+                    }
+                    connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        });
+        Ok(Running {
+            config: config.clone(),
+            current,
+            stop_accept,
+        })
+    }
+
+    /// Drains every listener (SIGTERM): stop accepting, close connections as they finish.
+    pub fn drain_all(&mut self) {
+        for (_, r) in self.running.drain() {
+            r.stop_accept.send_replace(true);
+            let g = r.current.load();
+            g.drain(self.drain_time, g.apps());
+        }
+    }
+}
