@@ -103,6 +103,7 @@ pub(crate) async fn flipped(rx: &mut watch::Receiver<bool>) {
 
 struct Running {
     config: Arc<Listener>,
+    local: SocketAddr,
     current: Arc<ArcSwap<Generation>>,
     stop_accept: watch::Sender<bool>,
 }
@@ -129,9 +130,11 @@ impl ListenerManager {
         }
     }
 
-    /// Addresses actually bound, by listener name (for /listeners).
+    /// Addresses actually bound (port 0 resolved), by listener name, sorted by name.
     pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
-        self.running.iter().map(|(n, r)| (n.clone(), r.config.address)).collect()
+        let mut out: Vec<_> = self.running.iter().map(|(n, r)| (n.clone(), r.local)).collect();
+        out.sort();
+        out
     }
 
     fn generation(snapshots: &SnapshotHandle, clusters: &Arc<ClusterManager>, conf: &Arc<ServerConf>, l: &Listener) -> Generation {
@@ -243,6 +246,7 @@ impl ListenerManager {
         });
         Ok(Running {
             config: config.clone(),
+            local,
             current,
             stop_accept,
         })

@@ -1,0 +1,149 @@
+//! Helpers for in-process end-to-end tests: hyper upstreams, a mock control plane, the proxy.
+
+#![allow(dead_code)] // each test binary uses a different subset of these helpers
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use control_plane_mock::{MockControlPlane, MockHandle, Snapshot};
+use http_body_util::Full;
+use sentinel::{Options, Running, SentinelApp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An upstream that answers 200 with its name, and echoes the path and host it saw.
+pub async fn upstream(name: &'static str) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
+                    let resp = hyper::Response::builder()
+                        .header("x-upstream", name)
+                        .header("x-seen-path", req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""))
+                        .header("x-seen-host", host)
+                        .body(Full::new(Bytes::from(name)))
+                        .unwrap();
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A snapshot: a listener (port 0) with RDS route `route_name`, that route sending `/` to
+/// `cluster`, the EDS cluster, and its endpoints at `upstream`.
+pub fn snapshot(version: &str, route_name: &str, cluster: &str, upstream: SocketAddr) -> Snapshot {
+    Snapshot::from_text(&format!(
+        r#"
+version: "{version}"
+resources:
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: listener_0
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.http_connection_manager
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        stat_prefix: ingress
+        rds: {{ route_config_name: {route_name}, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
+        http_filters: [ {{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }} ]
+- "@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+  name: {route_name}
+  virtual_hosts: [ {{ name: all, domains: ["*"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: {cluster} }} }} ] }} ]
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: {cluster}
+  type: EDS
+  connect_timeout: 1s
+  eds_cluster_config: {{ eds_config: {{ ads: {{}}, resource_api_version: V3 }} }}
+- "@type": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+  cluster_name: {cluster}
+  endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }} ] }} ]
+"#,
+        port = upstream.port()
+    ))
+    .expect("test snapshot parses")
+}
+
+pub async fn control_plane() -> MockHandle {
+    MockControlPlane::start("127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+/// Starts the proxy against a control plane, ADS SotW or delta, admin on port 0.
+pub async fn proxy(xds: SocketAddr, node: &str, delta: bool) -> Running {
+    let api = if delta { "DELTA_GRPC" } else { "GRPC" };
+    let yaml = format!(
+        r#"
+node: {{ id: {node}, cluster: test }}
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
+dynamic_resources:
+  ads_config: {{ api_type: {api}, transport_api_version: V3, grpc_services: [ {{ envoy_grpc: {{ cluster_name: xds_cluster }} }} ] }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds_cluster
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: xds_cluster
+      endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }} ] }} ]
+"#,
+        port = xds.port()
+    );
+    let options = Options {
+        config_yaml: Some(yaml),
+        drain_time: Duration::from_secs(1),
+        ..Options::default()
+    };
+    SentinelApp::new(options).unwrap().start().await.unwrap()
+}
+
+/// Polls until `f` gives Some, for at most 10 s.
+pub async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The bound address of a listener, once it serves.
+pub async fn listener_addr(p: &Running, name: &str) -> SocketAddr {
+    eventually("listener to bind", async || p.listeners.load().iter().find(|(n, _)| n == name).map(|(_, a)| *a)).await
+}
+
+/// A plain HTTP/1.1 GET; returns (status, headers text, body).
+pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, head.to_ascii_lowercase(), body.to_string()))
+}
+
+/// An admin endpoint's status and body.
+pub async fn admin(p: &Running, path: &str) -> (u16, String) {
+    let (status, _, body) = get(p.admin.unwrap(), path).await.unwrap();
+    (status, body)
+}
