@@ -35,8 +35,14 @@ async fn sotw_initial_fetch_ack_and_traffic() {
     let (_, dump) = admin(&p, "/config_dump").await;
     assert!(dump.contains("\"version_info\": \"v1\""), "{dump}");
     assert!(dump.contains("route_a"));
-    // Only the first request of the stream carries the node; nothing was NACKed.
-    assert!(cp.events().iter().all(|e| e.kind != EventKind::Nack));
+    // Nothing was NACKed, and EDS/RDS were never asked for by the (legacy wildcard) empty list.
+    let events = cp.events();
+    assert!(events.iter().all(|e| e.kind != EventKind::Nack));
+    for e in events.iter().filter(|e| matches!(e.kind, EventKind::Request | EventKind::Ack)) {
+        if e.type_url == resource::ENDPOINT || e.type_url == resource::ROUTE {
+            assert!(!e.resource_names.is_empty(), "{e:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,7 +181,7 @@ impl XdsClient {
                 }
             }
             // Streams that carry this type but are no longer wanted get an empty set.
-            let keys: Vec<StreamKey> = self
+            let keys: BTreeSet<StreamKey> = self
                 .streams
                 .iter()
                 .filter(|(_, s)| s.types.contains_key(type_url))
