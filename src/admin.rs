@@ -153,7 +153,10 @@ fn clusters_text(state: &AdminState, as_json: bool) -> (String, &'static str) {
                 })
             })
             .collect();
-        return (json!({"cluster_statuses": statuses}).to_string(), "application/json");
+        return (
+            json!({"cluster_statuses": statuses}).to_string(),
+            "application/json",
+        );
     }
     let mut out = String::new();
     for n in names {
@@ -161,8 +164,14 @@ fn clusters_text(state: &AdminState, as_json: bool) -> (String, &'static str) {
         out.push_str(&format!("{n}::observability_name::{n}\n"));
         for h in c.hosts() {
             let a = h.addr;
-            out.push_str(&format!("{n}::{a}::cx_active::0\n{n}::{a}::rq_active::{}\n", h.active.load(std::sync::atomic::Ordering::Relaxed)));
-            out.push_str(&format!("{n}::{a}::health_flags::healthy\n{n}::{a}::weight::{}\n", h.weight));
+            out.push_str(&format!(
+                "{n}::{a}::cx_active::0\n{n}::{a}::rq_active::{}\n",
+                h.active.load(std::sync::atomic::Ordering::Relaxed)
+            ));
+            out.push_str(&format!(
+                "{n}::{a}::health_flags::healthy\n{n}::{a}::weight::{}\n",
+                h.weight
+            ));
         }
     }
     (out, "text/plain; charset=UTF-8")
@@ -195,7 +204,11 @@ fn handle(state: &AdminState, req: &Request<hyper::body::Incoming>) -> Response<
     let state_name = if live { "LIVE" } else { "PRE_INITIALIZING" };
     match path {
         "/" => reply(200, "text/html; charset=UTF-8", INDEX.to_string()),
-        "/ready" => reply(if live { 200 } else { 503 }, "text/plain; charset=UTF-8", format!("{state_name}\n")),
+        "/ready" => reply(
+            if live { 200 } else { 503 },
+            "text/plain; charset=UTF-8",
+            format!("{state_name}\n"),
+        ),
         "/server_info" => {
             let uptime = state.started.elapsed().unwrap_or_default().as_secs();
             let body = json!({
@@ -207,11 +220,19 @@ fn handle(state: &AdminState, req: &Request<hyper::body::Incoming>) -> Response<
                 "uptime_current_epoch": format!("{uptime}s"),
                 "uptime_all_epochs": format!("{uptime}s"),
             });
-            reply(200, "application/json", serde_json::to_string_pretty(&body).unwrap_or_default())
+            reply(
+                200,
+                "application/json",
+                serde_json::to_string_pretty(&body).unwrap_or_default(),
+            )
         }
         "/config_dump" => {
             let include_eds = query.split('&').any(|q| q == "include_eds");
-            reply(200, "application/json", serde_json::to_string_pretty(&config_dump(state, include_eds)).unwrap_or_default())
+            reply(
+                200,
+                "application/json",
+                serde_json::to_string_pretty(&config_dump(state, include_eds)).unwrap_or_default(),
+            )
         }
         "/clusters" => {
             let (body, ctype) = clusters_text(state, as_json);
@@ -224,7 +245,11 @@ fn handle(state: &AdminState, req: &Request<hyper::body::Incoming>) -> Response<
                     .iter()
                     .map(|(n, a)| json!({"name": n, "local_address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}}}))
                     .collect();
-                reply(200, "application/json", json!({"listener_statuses": statuses}).to_string())
+                reply(
+                    200,
+                    "application/json",
+                    json!({"listener_statuses": statuses}).to_string(),
+                )
             } else {
                 let body: String = list.iter().map(|(n, a)| format!("{n}::{a}\n")).collect();
                 reply(200, "text/plain; charset=UTF-8", body)
@@ -234,15 +259,25 @@ fn handle(state: &AdminState, req: &Request<hyper::body::Incoming>) -> Response<
             let _ = state.quit.send(());
             reply(200, "text/plain; charset=UTF-8", "OK\n".into())
         }
-        "/quitquitquit" => reply(405, "text/plain; charset=UTF-8", "This endpoint requires POST\n".into()),
-        _ => reply(404, "text/plain; charset=UTF-8", format!("invalid path. admin commands are:\n{INDEX}")),
+        "/quitquitquit" => reply(
+            405,
+            "text/plain; charset=UTF-8",
+            "This endpoint requires POST\n".into(),
+        ),
+        _ => reply(
+            404,
+            "text/plain; charset=UTF-8",
+            format!("invalid path. admin commands are:\n{INDEX}"),
+        ),
     }
 }
 
 /// Serves the admin endpoints until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
@@ -250,7 +285,9 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>) {
                 async move { Ok::<_, Infallible>(handle(&state, &req)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
         });
     }
 }
@@ -261,6 +298,9 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339() {
-        assert_eq!(timestamp(UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123)), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            timestamp(UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123)),
+            "2023-11-14T22:13:20.123Z"
+        );
     }
 }

@@ -55,7 +55,8 @@ pub enum CliError {
     Info(String),
 }
 
-const USAGE: &str = "USAGE: sentinel [-c <string>] [--config-yaml <string>] [--concurrency <uint32_t>] \
+const USAGE: &str =
+    "USAGE: sentinel [-c <string>] [--config-yaml <string>] [--concurrency <uint32_t>] \
 [--service-node <string>] [--service-cluster <string>] [--service-zone <string>] [-l <string>] \
 [--drain-time-s <uint32_t>] [--parent-shutdown-time-s <uint32_t>] [--mode <serve|validate>] \
 [--base-id <uint32_t>] [--version] [-h]";
@@ -103,9 +104,17 @@ impl Options {
             if IGNORED_SWITCHES.contains(&flag.as_str()) {
                 continue;
             }
-            let mut value = || inline.clone().or_else(|| it.next()).ok_or_else(|| CliError::MissingValue(flag.clone()));
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| it.next())
+                    .ok_or_else(|| CliError::MissingValue(flag.clone()))
+            };
             let number = |v: String| -> Result<u64, CliError> {
-                v.parse().map_err(|_| CliError::BadValue { flag: flag.clone(), value: v })
+                v.parse().map_err(|_| CliError::BadValue {
+                    flag: flag.clone(),
+                    value: v,
+                })
             };
             match flag.as_str() {
                 "-c" | "--config-path" => o.config_path = Some(PathBuf::from(value()?)),
@@ -116,19 +125,30 @@ impl Options {
                 "--service-zone" => o.service_zone = Some(value()?),
                 "-l" | "--log-level" => {
                     let v = value()?;
-                    if !["trace", "debug", "info", "warning", "warn", "error", "critical", "off"].contains(&v.as_str()) {
+                    if ![
+                        "trace", "debug", "info", "warning", "warn", "error", "critical", "off",
+                    ]
+                    .contains(&v.as_str())
+                    {
                         return Err(CliError::BadValue { flag, value: v });
                     }
                     o.log_level = v;
                 }
                 "--drain-time-s" => o.drain_time = Duration::from_secs(number(value()?)?),
-                "--parent-shutdown-time-s" => o.parent_shutdown_time = Duration::from_secs(number(value()?)?),
+                "--parent-shutdown-time-s" => {
+                    o.parent_shutdown_time = Duration::from_secs(number(value()?)?)
+                }
                 "--base-id" => o.base_id = number(value()?)? as u32,
                 "--mode" => {
                     o.mode = match value()?.as_str() {
                         "serve" => Mode::Serve,
                         "validate" => Mode::Validate,
-                        other => return Err(CliError::BadValue { flag, value: other.to_string() }),
+                        other => {
+                            return Err(CliError::BadValue {
+                                flag,
+                                value: other.to_string(),
+                            })
+                        }
                     }
                 }
                 f if ACCEPTED_AND_IGNORED.contains(&f) => {
@@ -158,12 +178,32 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Options, CliError> {
-        Options::parse(std::iter::once("sentinel").chain(args.iter().copied()).map(String::from))
+        Options::parse(
+            std::iter::once("sentinel")
+                .chain(args.iter().copied())
+                .map(String::from),
+        )
     }
 
     #[test]
     fn envoy_flags() {
-        let o = parse(&["-c", "b.yaml", "--concurrency", "2", "--service-node", "n", "-l", "debug", "--drain-time-s=1", "--mode", "validate", "--base-id", "3", "--disable-hot-restart"]).unwrap();
+        let o = parse(&[
+            "-c",
+            "b.yaml",
+            "--concurrency",
+            "2",
+            "--service-node",
+            "n",
+            "-l",
+            "debug",
+            "--drain-time-s=1",
+            "--mode",
+            "validate",
+            "--base-id",
+            "3",
+            "--disable-hot-restart",
+        ])
+        .unwrap();
         assert_eq!(o.config_path, Some(PathBuf::from("b.yaml")));
         assert_eq!(o.concurrency, 2);
         assert_eq!(o.service_node.as_deref(), Some("n"));
@@ -173,8 +213,14 @@ mod tests {
 
     #[test]
     fn unknown_flag_is_an_error() {
-        assert_eq!(parse(&["--bogus"]).unwrap_err(), CliError::Unknown("--bogus".into()));
-        assert!(matches!(parse(&["--concurrency", "x"]), Err(CliError::BadValue { .. })));
+        assert_eq!(
+            parse(&["--bogus"]).unwrap_err(),
+            CliError::Unknown("--bogus".into())
+        );
+        assert!(matches!(
+            parse(&["--concurrency", "x"]),
+            Err(CliError::BadValue { .. })
+        ));
         assert!(matches!(parse(&["-c"]), Err(CliError::MissingValue(_))));
     }
 }

@@ -8,7 +8,9 @@
 pub mod admin;
 pub mod cli;
 pub mod listeners;
+pub mod mirror;
 pub mod proxy;
+pub mod retry;
 pub mod router;
 pub mod upstream;
 
@@ -31,7 +33,10 @@ pub enum AppError {
     #[error(transparent)]
     Config(#[from] ClientError),
     #[error("cannot bind admin address {addr}: {source}")]
-    Admin { addr: SocketAddr, source: std::io::Error },
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A proxy built from a bootstrap, ready to run.
@@ -59,7 +64,9 @@ impl Running {
     pub async fn shutdown(self, drain: std::time::Duration) {
         self.stop.send_replace(true);
         let deadline = tokio::time::Instant::now() + drain;
-        while self.connections.load(std::sync::atomic::Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        while self.connections.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         for t in self.tasks {
@@ -84,7 +91,11 @@ impl SentinelApp {
             cluster: options.service_cluster.clone(),
             zone: options.service_zone.clone(),
         };
-        let bootstrap = Bootstrap::load(options.config_path.as_deref(), options.config_yaml.as_deref(), &overrides)?;
+        let bootstrap = Bootstrap::load(
+            options.config_path.as_deref(),
+            options.config_yaml.as_deref(),
+            &overrides,
+        )?;
         Ok(Self { bootstrap, options })
     }
 
@@ -103,9 +114,16 @@ impl SentinelApp {
         let clusters = Arc::new(upstream::ClusterManager::default());
         let conf = Arc::new(ServerConf {
             threads: self.options.concurrency,
+            // Attempts per request; route retry policies decide how many are used.
+            max_retries: 16,
             ..ServerConf::default()
         });
-        let mut manager = listeners::ListenerManager::new(snapshots.clone(), clusters.clone(), conf, self.options.drain_time);
+        let mut manager = listeners::ListenerManager::new(
+            snapshots.clone(),
+            clusters.clone(),
+            conf,
+            self.options.drain_time,
+        );
         let connections = manager.connections.clone();
         let bound = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
         let (stop, mut stop_rx) = watch::channel(false);
@@ -127,7 +145,9 @@ impl SentinelApp {
         let (quit_tx, quit) = mpsc::unbounded_channel();
         let mut admin = None;
         if let Some(addr) = self.bootstrap.admin {
-            let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| AppError::Admin { addr, source })?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Admin { addr, source })?;
             admin = l.local_addr().ok();
             let o = &self.options;
             let state = Arc::new(admin::AdminState {

@@ -44,17 +44,25 @@ impl Generation {
     /// Envoy's filter chain selection: at each level the most specific match wins.
     fn select(&self, local: SocketAddr, peer: SocketAddr) -> Option<&App> {
         let mut cands: Vec<&(FilterChainMatch, App)> = self.chains.iter().collect();
-        narrow(&mut cands, |m| m.destination_port.map(|p| (p == local.port()).then_some(1)));
+        narrow(&mut cands, |m| {
+            m.destination_port.map(|p| (p == local.port()).then_some(1))
+        });
         narrow(&mut cands, |m| best_cidr(&m.prefix_ranges, local.ip()));
-        narrow(&mut cands, |m| best_cidr(&m.direct_source_prefix_ranges, peer.ip()));
+        narrow(&mut cands, |m| {
+            best_cidr(&m.direct_source_prefix_ranges, peer.ip())
+        });
         let local_src = peer.ip().is_loopback() || peer.ip() == local.ip();
         narrow(&mut cands, |m| match m.source_type {
             SourceType::Any => None,
             SourceType::SameIpOrLoopback => Some(local_src.then_some(1)),
             SourceType::External => Some((!local_src).then_some(1)),
         });
-        narrow(&mut cands, |m| best_cidr(&m.source_prefix_ranges, peer.ip()));
-        narrow(&mut cands, |m| (!m.source_ports.is_empty()).then(|| m.source_ports.contains(&peer.port()).then_some(1)));
+        narrow(&mut cands, |m| {
+            best_cidr(&m.source_prefix_ranges, peer.ip())
+        });
+        narrow(&mut cands, |m| {
+            (!m.source_ports.is_empty()).then(|| m.source_ports.contains(&peer.port()).then_some(1))
+        });
         match cands.as_slice() {
             [one] => Some(&one.1),
             _ => self.default_chain.as_ref(),
@@ -74,14 +82,21 @@ impl Generation {
     }
 
     fn apps(&self) -> Vec<App> {
-        self.chains.iter().map(|(_, a)| a.clone()).chain(self.default_chain.clone()).collect()
+        self.chains
+            .iter()
+            .map(|(_, a)| a.clone())
+            .chain(self.default_chain.clone())
+            .collect()
     }
 }
 
 /// Keeps the chains whose criterion is the most specific: `rank` gives None when the chain
 /// does not constrain this level, Some(None) when it constrains it and fails, and
 /// Some(Some(n)) when it matches with specificity n.
-fn narrow(cands: &mut Vec<&(FilterChainMatch, App)>, rank: impl Fn(&FilterChainMatch) -> Option<Option<u32>>) {
+fn narrow(
+    cands: &mut Vec<&(FilterChainMatch, App)>,
+    rank: impl Fn(&FilterChainMatch) -> Option<Option<u32>>,
+) {
     let best = cands.iter().filter_map(|(m, _)| rank(m).flatten()).max();
     match best {
         Some(b) => cands.retain(|(m, _)| rank(m) == Some(Some(b))),
@@ -93,7 +108,13 @@ fn best_cidr(ranges: &[CidrRange], ip: IpAddr) -> Option<Option<u32>> {
     if ranges.is_empty() {
         return None;
     }
-    Some(ranges.iter().filter(|r| r.contains(ip)).map(|r| r.len as u32 + 1).max())
+    Some(
+        ranges
+            .iter()
+            .filter(|r| r.contains(ip))
+            .map(|r| r.len as u32 + 1)
+            .max(),
+    )
 }
 
 /// Resolves once the watch holds true (or its sender is gone).
@@ -119,7 +140,12 @@ pub struct ListenerManager {
 }
 
 impl ListenerManager {
-    pub fn new(snapshots: SnapshotHandle, clusters: Arc<ClusterManager>, conf: Arc<ServerConf>, drain_time: Duration) -> Self {
+    pub fn new(
+        snapshots: SnapshotHandle,
+        clusters: Arc<ClusterManager>,
+        conf: Arc<ServerConf>,
+        drain_time: Duration,
+    ) -> Self {
         Self {
             snapshots,
             clusters,
@@ -132,12 +158,21 @@ impl ListenerManager {
 
     /// Addresses actually bound (port 0 resolved), by listener name, sorted by name.
     pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
-        let mut out: Vec<_> = self.running.iter().map(|(n, r)| (n.clone(), r.local)).collect();
+        let mut out: Vec<_> = self
+            .running
+            .iter()
+            .map(|(n, r)| (n.clone(), r.local))
+            .collect();
         out.sort();
         out
     }
 
-    fn generation(snapshots: &SnapshotHandle, clusters: &Arc<ClusterManager>, conf: &Arc<ServerConf>, l: &Listener) -> Generation {
+    fn generation(
+        snapshots: &SnapshotHandle,
+        clusters: &Arc<ClusterManager>,
+        conf: &Arc<ServerConf>,
+        l: &Listener,
+    ) -> Generation {
         let build = |fc: &FilterChain| -> App {
             let handler = HttpHandler {
                 hcm: Arc::new(fc.hcm.clone()),
@@ -151,7 +186,11 @@ impl ListenerManager {
             Arc::new(proxy)
         };
         Generation {
-            chains: l.filter_chains.iter().map(|fc| (fc.matcher.clone(), build(fc))).collect(),
+            chains: l
+                .filter_chains
+                .iter()
+                .map(|fc| (fc.matcher.clone(), build(fc)))
+                .collect(),
             default_chain: l.default_filter_chain.as_ref().map(build),
             draining: watch::channel(false).0,
             closed: watch::channel(false).0,
@@ -162,7 +201,12 @@ impl ListenerManager {
     pub async fn sync(&mut self) {
         let snap = self.snapshots.load();
         self.clusters.update(&snap);
-        let gone: Vec<String> = self.running.keys().filter(|n| !snap.listeners.contains_key(*n)).cloned().collect();
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|n| !snap.listeners.contains_key(*n))
+            .cloned()
+            .collect();
         for name in gone {
             let r = self.running.remove(&name).expect("listed above");
             tracing::info!(listener = %name, "removing listener; draining");
@@ -175,7 +219,12 @@ impl ListenerManager {
                 Some(r) if Arc::ptr_eq(&r.config, config) => {}
                 Some(r) if r.config.address == config.address => {
                     tracing::info!(listener = %name, "updating listener; draining the old filter chains");
-                    let next = Arc::new(Self::generation(&self.snapshots, &self.clusters, &self.conf, config));
+                    let next = Arc::new(Self::generation(
+                        &self.snapshots,
+                        &self.clusters,
+                        &self.conf,
+                        config,
+                    ));
                     let old = r.current.swap(next);
                     r.config = config.clone();
                     old.drain(self.drain_time, old.apps());
@@ -190,7 +239,9 @@ impl ListenerManager {
                         Ok(r) => {
                             self.running.insert(name.clone(), r);
                         }
-                        Err(e) => tracing::error!(listener = %name, address = %config.address, "cannot bind: {e}"),
+                        Err(e) => {
+                            tracing::error!(listener = %name, address = %config.address, "cannot bind: {e}")
+                        }
                     }
                 }
             }
@@ -198,14 +249,23 @@ impl ListenerManager {
     }
 
     async fn start(&self, config: &Arc<Listener>) -> std::io::Result<Running> {
-        let socket = if config.address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        let socket = if config.address.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
         socket.set_reuseaddr(true)?;
         socket.bind(config.address)?;
         let tcp = socket.listen(1024)?;
         let local = tcp.local_addr()?;
         tracing::info!(listener = %config.name, address = %local, "listening");
         let listener = PingoraListener::from(tcp);
-        let current = Arc::new(ArcSwap::from_pointee(Self::generation(&self.snapshots, &self.clusters, &self.conf, config)));
+        let current = Arc::new(ArcSwap::from_pointee(Self::generation(
+            &self.snapshots,
+            &self.clusters,
+            &self.conf,
+            config,
+        )));
         let (stop_accept, mut stop_rx) = watch::channel(false);
         let gens = current.clone();
         let connections = self.connections.clone();

@@ -28,7 +28,10 @@ fn main() -> ExitCode {
     let app = match SentinelApp::new(options.clone()) {
         Ok(app) => app,
         Err(e) => {
-            eprintln!("error initializing configuration '{}': {e}", config_name(&options));
+            eprintln!(
+                "error initializing configuration '{}': {e}",
+                config_name(&options)
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -39,7 +42,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error initializing configuration '{}': {e}", config_name(&options));
+                eprintln!(
+                    "error initializing configuration '{}': {e}",
+                    config_name(&options)
+                );
                 ExitCode::FAILURE
             }
         };
@@ -57,7 +63,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         let drain = tokio::select! {
             _ = term.recv() => {
                 tracing::info!("caught SIGTERM; draining for up to {:?}", options.drain_time);
@@ -78,5 +85,8 @@ fn main() -> ExitCode {
 }
 
 fn config_name(o: &Options) -> String {
-    o.config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+    o.config_path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }

@@ -11,19 +11,21 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::protocols::ALPN;
+use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use sentinel_xds::config::cluster::UpstreamProtocol;
 use sentinel_xds::config::hcm::{HttpConnectionManager, RouteSource, ServerHeader};
 use sentinel_xds::config::route::{
-    Action, AppendAction, ClusterSpecifier, HeaderAdd, HeaderMutations, HostRewrite, Part, Redirect, RouteAction,
-    RouteConfig,
+    Action, AppendAction, ClusterSpecifier, HeaderAdd, HeaderMutations, HostRewrite, Part,
+    Redirect, RouteAction, RouteConfig,
 };
 use sentinel_xds::{Snapshot, SnapshotHandle};
 
+use crate::mirror;
+use crate::retry::{self, Failure};
 use crate::router::{self, RequestView};
 use crate::upstream::{ClusterManager, Host};
 
@@ -54,6 +56,10 @@ pub struct Ctx {
     downstream: Option<SocketAddr>,
     local: Option<SocketAddr>,
     protocol: &'static str,
+    /// Upstream attempts made so far (retries are attempts after the first).
+    attempts: u32,
+    /// Bodies of shadow requests still being fed; None once mirrors were started.
+    mirrors: Option<Vec<tokio::sync::mpsc::Sender<Bytes>>>,
 }
 
 impl Ctx {
@@ -81,20 +87,43 @@ fn local_error(status: u16) -> Box<Error> {
 }
 
 impl HttpHandler {
-    fn render(&self, t: &sentinel_xds::config::route::Template, ctx: &Ctx, req: Option<&RequestHeader>) -> String {
+    fn render(
+        &self,
+        t: &sentinel_xds::config::route::Template,
+        ctx: &Ctx,
+        req: Option<&RequestHeader>,
+    ) -> String {
         let mut out = String::new();
         for p in &t.0 {
             match p {
                 Part::Literal(s) => out.push_str(s),
-                Part::DownstreamRemoteAddress => out.push_str(&ctx.downstream.map(|a| a.to_string()).unwrap_or_default()),
-                Part::DownstreamRemoteAddressWithoutPort => out.push_str(&ctx.downstream.map(|a| a.ip().to_string()).unwrap_or_default()),
-                Part::DownstreamLocalAddress => out.push_str(&ctx.local.map(|a| a.to_string()).unwrap_or_default()),
-                Part::DownstreamLocalAddressWithoutPort => out.push_str(&ctx.local.map(|a| a.ip().to_string()).unwrap_or_default()),
+                Part::DownstreamRemoteAddress => {
+                    out.push_str(&ctx.downstream.map(|a| a.to_string()).unwrap_or_default())
+                }
+                Part::DownstreamRemoteAddressWithoutPort => out.push_str(
+                    &ctx.downstream
+                        .map(|a| a.ip().to_string())
+                        .unwrap_or_default(),
+                ),
+                Part::DownstreamLocalAddress => {
+                    out.push_str(&ctx.local.map(|a| a.to_string()).unwrap_or_default())
+                }
+                Part::DownstreamLocalAddressWithoutPort => {
+                    out.push_str(&ctx.local.map(|a| a.ip().to_string()).unwrap_or_default())
+                }
                 Part::Protocol => out.push_str(ctx.protocol),
-                Part::UpstreamRemoteAddress => out.push_str(&ctx.host.as_ref().map(|h| h.addr.to_string()).unwrap_or_default()),
+                Part::UpstreamRemoteAddress => out.push_str(
+                    &ctx.host
+                        .as_ref()
+                        .map(|h| h.addr.to_string())
+                        .unwrap_or_default(),
+                ),
                 Part::Hostname => out.push_str(&crate::admin::hostname()),
                 Part::RequestHeader(h) => {
-                    if let Some(v) = req.and_then(|r| r.headers.get(h)).and_then(|v| v.to_str().ok()) {
+                    if let Some(v) = req
+                        .and_then(|r| r.headers.get(h))
+                        .and_then(|v| v.to_str().ok())
+                    {
                         out.push_str(v)
                     }
                 }
@@ -139,7 +168,9 @@ fn apply_add(headers: &mut impl Headers, add: &HeaderAdd, value: String) {
     if value.is_empty() && !add.keep_empty_value {
         return;
     }
-    let Ok(value) = http::HeaderValue::try_from(value) else { return };
+    let Ok(value) = http::HeaderValue::try_from(value) else {
+        return;
+    };
     let exists = headers.has(&add.name);
     match add.action {
         AppendAction::AppendIfExistsOrAdd => headers.append(add.name.clone(), value),
@@ -180,7 +211,12 @@ fn host_of(req: &RequestHeader) -> String {
     req.uri
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
         .unwrap_or_default()
 }
 
@@ -218,7 +254,22 @@ fn normalize(path: &str, dots: bool, merge: bool) -> Option<String> {
 }
 
 impl HttpHandler {
-    async fn send_local(&self, session: &mut Session, status: u16, body: Bytes, extra: &[(&str, String)], ctx: &Ctx) -> Result<()> {
+    /// Whether the route's retry policy retries this failure of the current attempt.
+    fn retry(&self, ctx: &Ctx, failure: Failure) -> bool {
+        ctx.action
+            .as_ref()
+            .and_then(|a| a.retry.as_ref())
+            .is_some_and(|p| retry::should_retry(p, ctx.attempts, failure))
+    }
+
+    async fn send_local(
+        &self,
+        session: &mut Session,
+        status: u16,
+        body: Bytes,
+        extra: &[(&str, String)],
+        ctx: &Ctx,
+    ) -> Result<()> {
         let mut resp = ResponseHeader::build(status, Some(4))?;
         if !body.is_empty() {
             resp.insert_header("content-type", "text/plain")?;
@@ -228,7 +279,10 @@ impl HttpHandler {
             resp.insert_header(k.to_string(), v.as_str())?;
         }
         self.finish_response_headers(&mut resp, ctx, session.req_header());
-        resp.insert_header("date", httpdate::fmt_http_date(std::time::SystemTime::now()))?;
+        resp.insert_header(
+            "date",
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        )?;
         let end = body.is_empty() || session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(resp), end).await?;
         if !end {
@@ -239,7 +293,10 @@ impl HttpHandler {
 
     /// Response header mutations of every level, then the `server` header.
     fn finish_response_headers(&self, resp: &mut ResponseHeader, ctx: &Ctx, req: &RequestHeader) {
-        let most_specific = ctx.route_config.as_ref().is_some_and(|rc| rc.most_specific_header_mutations_wins);
+        let most_specific = ctx
+            .route_config
+            .as_ref()
+            .is_some_and(|rc| rc.most_specific_header_mutations_wins);
         mutate(
             resp,
             &ctx.levels(),
@@ -271,10 +328,17 @@ impl HttpHandler {
         }
     }
 
-    fn redirect_location(&self, r: &Redirect, req: &RequestHeader, matched_prefix: Option<&str>) -> String {
+    fn redirect_location(
+        &self,
+        r: &Redirect,
+        req: &RequestHeader,
+        matched_prefix: Option<&str>,
+    ) -> String {
         let host_header = host_of(req);
         let (host, port) = match host_header.rsplit_once(':') {
-            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => (h.to_string(), Some(p.to_string())),
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => {
+                (h.to_string(), Some(p.to_string()))
+            }
             _ => (host_header.clone(), None),
         };
         let scheme = r.scheme.clone().unwrap_or_else(|| "http".into());
@@ -292,7 +356,11 @@ impl HttpHandler {
         } else {
             path.to_string()
         };
-        let query = if r.strip_query || r.path.as_ref().is_some_and(|p| p.contains('?')) { None } else { query };
+        let query = if r.strip_query || r.path.as_ref().is_some_and(|p| p.contains('?')) {
+            None
+        } else {
+            query
+        };
         if let (Some(prefix), Some(matched)) = (&r.prefix_rewrite, matched_prefix) {
             new_path = format!("{prefix}{}", &new_path[matched.len().min(new_path.len())..]);
         }
@@ -327,8 +395,14 @@ impl ProxyHttp for HttpHandler {
         // Path normalization happens before routing, as in Envoy.
         if self.hcm.normalize_path || self.hcm.merge_slashes {
             let req = session.req_header();
-            let pq = req.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
-            let (path, query) = pq.split_once('?').map_or((pq.as_str(), None), |(p, q)| (p, Some(q)));
+            let pq = req
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default();
+            let (path, query) = pq
+                .split_once('?')
+                .map_or((pq.as_str(), None), |(p, q)| (p, Some(q)));
             match normalize(path, self.hcm.normalize_path, self.hcm.merge_slashes) {
                 Some(p) if p != path => {
                     let uri = match query {
@@ -341,15 +415,53 @@ impl ProxyHttp for HttpHandler {
                 }
                 Some(_) => {}
                 None => {
-                    self.send_local(session, 400, Bytes::new(), &[], ctx).await?;
+                    self.send_local(session, 400, Bytes::new(), &[], ctx)
+                        .await?;
                     return Ok(true);
                 }
             }
         }
-        if self.hcm.reject_underscore_headers
-            && session.req_header().headers.keys().any(|k| k.as_str().contains('_'))
+        // Header limits: Envoy answers 431 past max_request_headers_kb or max_headers_count.
         {
-            self.send_local(session, 400, Bytes::new(), &[], ctx).await?;
+            let req = session.req_header();
+            let size: usize = req
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>()
+                + req.uri.to_string().len();
+            if size > self.hcm.max_request_headers_kb as usize * 1024
+                || req.headers.len() > self.hcm.max_headers_count as usize
+            {
+                self.send_local(session, 431, Bytes::new(), &[], ctx)
+                    .await?;
+                return Ok(true);
+            }
+        }
+        // Downstream timeouts: idle keep-alive and stream idle (reads of the request body).
+        session.set_keepalive(self.hcm.idle_timeout.map(|d| d.as_secs().max(1)));
+        session.set_read_timeout(self.hcm.stream_idle_timeout);
+        if self.hcm.drop_underscore_headers {
+            let names: Vec<http::HeaderName> = session
+                .req_header()
+                .headers
+                .keys()
+                .filter(|k| k.as_str().contains('_'))
+                .cloned()
+                .collect();
+            for n in names {
+                session.req_header_mut().remove_header(&n);
+            }
+        }
+        if self.hcm.reject_underscore_headers
+            && session
+                .req_header()
+                .headers
+                .keys()
+                .any(|k| k.as_str().contains('_'))
+        {
+            self.send_local(session, 400, Bytes::new(), &[], ctx)
+                .await?;
             return Ok(true);
         }
         // Request id and forwarding headers.
@@ -357,9 +469,18 @@ impl ProxyHttp for HttpHandler {
             let downstream = ctx.downstream;
             let req = session.req_header_mut();
             if self.hcm.generate_request_id {
-                let existing = req.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+                let existing = req
+                    .headers
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
                 let id = match existing {
-                    Some(id) if self.hcm.preserve_external_request_id || !self.hcm.use_remote_address => id,
+                    Some(id)
+                        if self.hcm.preserve_external_request_id
+                            || !self.hcm.use_remote_address =>
+                    {
+                        id
+                    }
                     _ => {
                         let id = uuid4();
                         let _ = req.insert_header("x-request-id", id.as_str());
@@ -370,7 +491,11 @@ impl ProxyHttp for HttpHandler {
             }
             if self.hcm.use_remote_address && !self.hcm.skip_xff_append {
                 if let Some(a) = downstream {
-                    let value = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                    let value = match req
+                        .headers
+                        .get("x-forwarded-for")
+                        .and_then(|v| v.to_str().ok())
+                    {
                         Some(prev) => format!("{prev},{}", a.ip()),
                         None => a.ip().to_string(),
                     };
@@ -385,7 +510,8 @@ impl ProxyHttp for HttpHandler {
             }
         }
         let Some(rc) = self.route_config(&snap) else {
-            self.send_local(session, 404, Bytes::new(), &[], ctx).await?;
+            self.send_local(session, 404, Bytes::new(), &[], ctx)
+                .await?;
             return Ok(true);
         };
         let req = session.req_header();
@@ -406,7 +532,8 @@ impl ProxyHttp for HttpHandler {
         });
         ctx.route_config = Some(rc.clone());
         let Some((v, i)) = matched else {
-            self.send_local(session, 404, Bytes::new(), &[], ctx).await?;
+            self.send_local(session, 404, Bytes::new(), &[], ctx)
+                .await?;
             return Ok(true);
         };
         ctx.matched = Some((v, i));
@@ -419,19 +546,31 @@ impl ProxyHttp for HttpHandler {
             Action::Redirect(r) => {
                 use sentinel_xds::config::route::PathMatch;
                 let matched_prefix = match &rc.virtual_hosts[v].routes[i].matcher.path {
-                    PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => Some(p.as_str()),
+                    PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => {
+                        Some(p.as_str())
+                    }
                     PathMatch::Regex(_) => None,
                 };
                 let location = self.redirect_location(r, session.req_header(), matched_prefix);
-                self.send_local(session, r.status, Bytes::new(), &[("location", location)], ctx).await?;
+                self.send_local(
+                    session,
+                    r.status,
+                    Bytes::new(),
+                    &[("location", location)],
+                    ctx,
+                )
+                .await?;
                 Ok(true)
             }
             Action::Forward(a) => {
                 let name = match &a.cluster {
                     ClusterSpecifier::Cluster(c) => Some(c.clone()),
-                    ClusterSpecifier::Header(h) => {
-                        session.req_header().headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string)
-                    }
+                    ClusterSpecifier::Header(h) => session
+                        .req_header()
+                        .headers
+                        .get(h)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string),
                     ClusterSpecifier::Weighted { clusters, total } => {
                         let mut pick = rand::random_range(0..*total);
                         let idx = clusters
@@ -450,13 +589,23 @@ impl ProxyHttp for HttpHandler {
                     }
                 };
                 ctx.action = Some(a.clone());
+                if a.retry.is_some() {
+                    session.enable_retry_buffering();
+                }
                 match name.and_then(|n| self.clusters.get(&n)) {
                     Some(c) => {
                         ctx.cluster = Some(c);
                         Ok(false)
                     }
                     None => {
-                        self.send_local(session, a.cluster_not_found_status, Bytes::new(), &[], ctx).await?;
+                        self.send_local(
+                            session,
+                            a.cluster_not_found_status,
+                            Bytes::new(),
+                            &[],
+                            ctx,
+                        )
+                        .await?;
                         Ok(true)
                     }
                 }
@@ -466,6 +615,12 @@ impl ProxyHttp for HttpHandler {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let cluster = ctx.cluster.clone().ok_or_else(|| local_error(503))?;
+        if ctx.attempts > 0 {
+            if let Some(policy) = ctx.action.as_ref().and_then(|a| a.retry.as_ref()) {
+                tokio::time::sleep(retry::backoff(policy, ctx.attempts)).await;
+            }
+        }
+        ctx.attempts += 1;
         let Some(host) = cluster.pick() else {
             ctx.reply = Some(LocalReply {
                 status: 503,
@@ -489,6 +644,11 @@ impl ProxyHttp for HttpHandler {
                 (Some(p), Some(t)) => Some(p.min(t)),
                 (p, t) => p.or(t),
             };
+            // The route's idle timeout bounds every read too.
+            let t = match (t, a.idle_timeout) {
+                (Some(t), Some(i)) => Some(t.min(i)),
+                (t, i) => t.or(i),
+            };
             peer.options.read_timeout = t;
             peer.options.write_timeout = t;
         }
@@ -496,11 +656,24 @@ impl ProxyHttp for HttpHandler {
         Ok(Box::new(peer))
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-        let Some(a) = ctx.action.clone() else { return Ok(()) };
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(a) = ctx.action.clone() else {
+            return Ok(());
+        };
         // Path rewrites.
-        let pq = upstream.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-        let (path, query) = pq.split_once('?').map_or((pq.as_str(), None), |(p, q)| (p, Some(q)));
+        let pq = upstream
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let (path, query) = pq
+            .split_once('?')
+            .map_or((pq.as_str(), None), |(p, q)| (p, Some(q)));
         let mut new_path = None;
         if let Some(prefix) = &a.prefix_rewrite {
             if let (Some(rc), Some((v, i))) = (&ctx.route_config, ctx.matched) {
@@ -528,9 +701,12 @@ impl ProxyHttp for HttpHandler {
         let new_host = match &a.host_rewrite {
             Some(HostRewrite::Literal(h)) => Some(h.clone()),
             Some(HostRewrite::Auto) => ctx.host.as_ref().map(|h| h.addr.to_string()),
-            Some(HostRewrite::Header(name)) => {
-                session.req_header().headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
-            }
+            Some(HostRewrite::Header(name)) => session
+                .req_header()
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
             None => None,
         };
         if let Some(h) = new_host {
@@ -539,14 +715,23 @@ impl ProxyHttp for HttpHandler {
                 if let Ok(uri) = http::Uri::builder()
                     .scheme(upstream.uri.scheme_str().unwrap_or("http"))
                     .authority(h.as_str())
-                    .path_and_query(upstream.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+                    .path_and_query(
+                        upstream
+                            .uri
+                            .path_and_query()
+                            .map(|p| p.as_str())
+                            .unwrap_or("/"),
+                    )
                     .build()
                 {
                     upstream.set_uri(uri);
                 }
             }
         }
-        let most_specific = ctx.route_config.as_ref().is_some_and(|rc| rc.most_specific_header_mutations_wins);
+        let most_specific = ctx
+            .route_config
+            .as_ref()
+            .is_some_and(|rc| rc.most_specific_header_mutations_wins);
         mutate(
             upstream,
             &ctx.levels(),
@@ -556,14 +741,103 @@ impl ProxyHttp for HttpHandler {
             |add| self.render(&add.value, ctx, Some(session.req_header())),
         );
         if let Some(t) = a.timeout {
-            let _ = upstream.insert_header("x-envoy-expected-rq-timeout-ms", t.as_millis().to_string());
+            let _ =
+                upstream.insert_header("x-envoy-expected-rq-timeout-ms", t.as_millis().to_string());
+        }
+        if ctx.mirrors.is_none() {
+            let senders = a
+                .mirrors
+                .iter()
+                .filter(|m| rand::random_range(0..1_000_000) < m.fraction_per_million)
+                .filter_map(|m| self.clusters.get(&m.cluster))
+                .filter_map(|c| mirror::start(c, upstream))
+                .collect();
+            ctx.mirrors = Some(senders);
         }
         Ok(())
     }
 
-    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(senders) = &mut ctx.mirrors {
+            if let Some(chunk) = body {
+                // A shadow that cannot keep up is abandoned rather than slowing the original.
+                senders.retain(|tx| tx.try_send(chunk.clone()).is_ok());
+            }
+            if end {
+                senders.clear();
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        e.set_retry(self.retry(ctx, Failure::Connect));
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+            // A retriable upstream status: upstream_response_filter already decided.
+            return e;
+        }
+        let failure = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Failure::Timeout,
+            _ => Failure::Reset,
+        };
+        let can =
+            session.response_written().is_none() && !session.as_ref().retry_buffer_truncated();
+        e.set_retry(can && *e.esource() == ErrorSource::Upstream && self.retry(ctx, failure));
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        if status >= 400
+            && !session.as_ref().retry_buffer_truncated()
+            && self.retry(ctx, Failure::Status(status))
+        {
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "retriable upstream status");
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if let Some(start) = ctx.upstream_start {
-            let _ = resp.insert_header("x-envoy-upstream-service-time", start.elapsed().as_millis().to_string());
+            let _ = resp.insert_header(
+                "x-envoy-upstream-service-time",
+                start.elapsed().as_millis().to_string(),
+            );
         }
         self.finish_response_headers(resp, ctx, session.req_header());
         Ok(())
@@ -602,7 +876,16 @@ impl ProxyHttp for HttpHandler {
             (None, _, _) => (500, ""),
         };
         if session.response_written().is_none() {
-            if let Err(err) = self.send_local(session, status, Bytes::from_static(body.as_bytes()), &[], ctx).await {
+            if let Err(err) = self
+                .send_local(
+                    session,
+                    status,
+                    Bytes::from_static(body.as_bytes()),
+                    &[],
+                    ctx,
+                )
+                .await
+            {
                 tracing::debug!("cannot send local reply: {err}");
             }
         }
@@ -616,7 +899,10 @@ impl ProxyHttp for HttpHandler {
 /// A random version-4 UUID, as Envoy generates for x-request-id.
 fn uuid4() -> String {
     let b: [u8; 16] = rand::random();
-    let (hi, lo) = (u64::from_be_bytes(b[..8].try_into().unwrap()), u64::from_be_bytes(b[8..].try_into().unwrap()));
+    let (hi, lo) = (
+        u64::from_be_bytes(b[..8].try_into().unwrap()),
+        u64::from_be_bytes(b[8..].try_into().unwrap()),
+    );
     let hi = (hi & !0xf000) | 0x4000;
     let lo = (lo & !(0xc000 << 48)) | (0x8000 << 48);
     format!(
@@ -635,7 +921,10 @@ mod tests {
 
     #[test]
     fn normalizes_like_envoy() {
-        assert_eq!(normalize("/a/./b/../c", true, false).as_deref(), Some("/a/c"));
+        assert_eq!(
+            normalize("/a/./b/../c", true, false).as_deref(),
+            Some("/a/c")
+        );
         assert_eq!(normalize("/a//b", false, true).as_deref(), Some("/a/b"));
         assert_eq!(normalize("/..", true, false).as_deref(), Some("/"));
     }

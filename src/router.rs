@@ -94,7 +94,8 @@ fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
     if case_sensitive {
         path.starts_with(prefix)
     } else {
-        path.len() >= prefix.len() && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        path.len() >= prefix.len()
+            && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
     }
 }
 
@@ -124,7 +125,8 @@ mod tests {
     use sentinel_proto::pb::envoy::config::route::v3::RouteConfiguration;
 
     fn rc(yaml: &str) -> RouteConfig {
-        let proto: RouteConfiguration = sentinel_proto::from_json(&sentinel_proto::parse_text(yaml).unwrap()).unwrap();
+        let proto: RouteConfiguration =
+            sentinel_proto::from_json(&sentinel_proto::parse_text(yaml).unwrap()).unwrap();
         RouteConfig::from_proto(&proto).unwrap()
     }
 
@@ -162,13 +164,25 @@ virtual_hosts:
         let vh = &rc.virtual_hosts[0];
         let mut headers = http::HeaderMap::new();
         let pick = |path: &str, query: Option<&str>, headers: &http::HeaderMap| {
-            route(vh, &RequestView { path, query, headers, random: 0 }).map(|r| r.name.clone())
+            route(
+                vh,
+                &RequestView {
+                    path,
+                    query,
+                    headers,
+                    random: 0,
+                },
+            )
+            .map(|r| r.name.clone())
         };
         assert_eq!(pick("/api/x", None, &headers).as_deref(), Some("sep"));
         assert_eq!(pick("/api", None, &headers).as_deref(), Some("sep"));
         assert_eq!(pick("/apix", None, &headers), None);
         assert_eq!(pick("/case", None, &headers).as_deref(), Some("ci"));
-        assert_eq!(pick("/z", Some("a=2&debug=1"), &headers).as_deref(), Some("q"));
+        assert_eq!(
+            pick("/z", Some("a=2&debug=1"), &headers).as_deref(),
+            Some("q")
+        );
         headers.insert("x-v", "3".parse().unwrap());
         assert_eq!(pick("/z", None, &headers).as_deref(), Some("hdr"));
     }

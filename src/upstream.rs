@@ -35,13 +35,21 @@ impl ClusterRuntime {
     fn build(config: Arc<Cluster>, endpoints: Option<Arc<ClusterLoadAssignment>>) -> Self {
         let mut hosts: Vec<(u32, Arc<Host>)> = Vec::new();
         if let Some(la) = &endpoints {
-            for e in la.endpoints.iter().filter(|e| e.health != Health::Unhealthy) {
+            for e in la
+                .endpoints
+                .iter()
+                .filter(|e| e.health != Health::Unhealthy)
+            {
                 let addrs: Vec<SocketAddr> = match &e.address {
                     EndpointAddress::Ip(a) => vec![*a],
                     EndpointAddress::Dns { host, port } => {
-                        let resolved = (host.as_str(), *port).to_socket_addrs().map(|a| a.collect::<Vec<_>>());
-                        match resolved {
-                            Ok(v) if config.discovery == Discovery::LogicalDns => v.into_iter().take(1).collect(),
+                        let resolved = (host.as_str(), *port)
+                            .to_socket_addrs()
+                            .map(|a| a.collect::<Vec<_>>());
+                        match resolved.map(|v| config.dns_family.select(v)) {
+                            Ok(v) if config.discovery == Discovery::LogicalDns => {
+                                v.into_iter().take(1).collect()
+                            }
                             Ok(v) => v,
                             Err(err) => {
                                 tracing::warn!(cluster = %config.name, %host, "DNS resolution failed: {err}");
@@ -63,7 +71,11 @@ impl ClusterRuntime {
             }
         }
         let top = hosts.iter().map(|(p, _)| *p).min();
-        let hosts = hosts.into_iter().filter(|(p, _)| Some(*p) == top).map(|(_, h)| h).collect();
+        let hosts = hosts
+            .into_iter()
+            .filter(|(p, _)| Some(*p) == top)
+            .map(|(_, h)| h)
+            .collect();
         Self {
             config,
             endpoints,

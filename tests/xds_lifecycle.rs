@@ -25,8 +25,16 @@ async fn sotw_initial_fetch_ack_and_traffic() {
     let cp = control_plane().await;
     cp.set_snapshot("n1", snapshot("v1", "route_a", "cluster_a", up));
     let p = proxy(cp.xds_addr(), "n1", false).await;
-    for t in [resource::CLUSTER, resource::ENDPOINT, resource::LISTENER, resource::ROUTE] {
-        assert!(cp.wait_for_ack(t, "v1", T).await.is_some(), "no ACK for {t}");
+    for t in [
+        resource::CLUSTER,
+        resource::ENDPOINT,
+        resource::LISTENER,
+        resource::ROUTE,
+    ] {
+        assert!(
+            cp.wait_for_ack(t, "v1", T).await.is_some(),
+            "no ACK for {t}"
+        );
     }
     let addr = listener_addr(&p, "listener_0").await;
     serves(addr, "one").await;
@@ -38,7 +46,10 @@ async fn sotw_initial_fetch_ack_and_traffic() {
     // Nothing was NACKed, and EDS/RDS were never asked for by the (legacy wildcard) empty list.
     let events = cp.events();
     assert!(events.iter().all(|e| e.kind != EventKind::Nack));
-    for e in events.iter().filter(|e| matches!(e.kind, EventKind::Request | EventKind::Ack)) {
+    for e in events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Request | EventKind::Ack))
+    {
         if e.type_url == resource::ENDPOINT || e.type_url == resource::ROUTE {
             assert!(!e.resource_names.is_empty(), "{e:?}");
         }
@@ -53,7 +64,10 @@ async fn delta_initial_fetch_update_and_removal() {
     let p = proxy(cp.xds_addr(), "n2", true).await;
     let addr = listener_addr(&p, "listener_0").await;
     serves(addr, "one").await;
-    assert!(cp.events().iter().any(|e| e.delta && e.kind == EventKind::Ack));
+    assert!(cp
+        .events()
+        .iter()
+        .any(|e| e.delta && e.kind == EventKind::Ack));
     // New cluster and route: the old ones are removed (delta removed_resources).
     cp.set_snapshot("n2", snapshot("v2", "route_b", "cluster_b", two));
     serves(addr, "two").await;
@@ -65,7 +79,10 @@ async fn delta_initial_fetch_update_and_removal() {
     assert!(dump.contains("cluster_b"));
     // Listener removed: the port stops accepting.
     cp.set_snapshot("n2", Snapshot::new("v3"));
-    eventually("listener removal", async || get(addr, "/").await.is_err().then_some(())).await;
+    eventually("listener removal", async || {
+        get(addr, "/").await.is_err().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,8 +110,14 @@ async fn nack_names_resource_and_field_and_keeps_old_config() {
         .expect("a NACK for the bad route");
     let detail = nack.error_detail.unwrap();
     assert!(detail.contains("route_a"), "{detail}");
-    assert!(detail.contains("virtual_hosts[0].routes[0].match.safe_regex"), "{detail}");
-    assert_eq!(nack.version_info, "v1", "a NACK carries the last good version");
+    assert!(
+        detail.contains("virtual_hosts[0].routes[0].match.safe_regex"),
+        "{detail}"
+    );
+    assert_eq!(
+        nack.version_info, "v1",
+        "a NACK carries the last good version"
+    );
     // The old route keeps serving, and config_dump shows the rejected update.
     assert_eq!(get(addr, "/").await.unwrap().0, 200);
     let (_, dump) = admin(&p, "/config_dump").await;
@@ -113,7 +136,10 @@ async fn unsupported_field_is_nacked() {
     snap.insert("cluster_a", sentinel_proto::to_any(&cluster));
     cp.set_snapshot("n4", snap);
     let _p = proxy(cp.xds_addr(), "n4", false).await;
-    let nack = cp.wait_for_event(|e| e.is(EventKind::Nack, resource::CLUSTER), T).await.expect("NACK");
+    let nack = cp
+        .wait_for_event(|e| e.is(EventKind::Nack, resource::CLUSTER), T)
+        .await
+        .expect("NACK");
     let detail = nack.error_detail.unwrap();
     assert!(detail.contains("cluster_a: outlier_detection"), "{detail}");
 }
@@ -127,11 +153,14 @@ async fn warming_waits_for_routes_until_initial_fetch_timeout() {
     snap.remove(resource::ROUTE, "route_a");
     let listener = snap.resources(resource::LISTENER)[0].1.clone();
     let mut json = sentinel_proto::any_to_json(&listener).unwrap();
-    json["filter_chains"][0]["filters"][0]["typed_config"]["rds"]["config_source"]["initial_fetch_timeout"] = "1s".into();
+    json["filter_chains"][0]["filters"][0]["typed_config"]["rds"]["config_source"]
+        ["initial_fetch_timeout"] = "1s".into();
     snap.insert("listener_0", sentinel_proto::any_from_json(&json).unwrap());
     cp.set_snapshot("n5", snap);
     let p = proxy(cp.xds_addr(), "n5", false).await;
-    cp.wait_for_ack(resource::LISTENER, "v1", T).await.expect("LDS ACK");
+    cp.wait_for_ack(resource::LISTENER, "v1", T)
+        .await
+        .expect("LDS ACK");
     // Warming: not ready, nothing bound.
     let (status, _) = admin(&p, "/ready").await;
     assert_eq!(status, 503);
@@ -154,9 +183,16 @@ async fn rds_and_eds_follow_references() {
     cp.set_snapshot("n6", snapshot("v2", "route_b", "cluster_b", two));
     serves(addr, "two").await;
     // The proxy re-subscribed: its RDS and EDS requests now name only the new resources.
-    for (t, name) in [(resource::ROUTE, "route_b"), (resource::ENDPOINT, "cluster_b")] {
+    for (t, name) in [
+        (resource::ROUTE, "route_b"),
+        (resource::ENDPOINT, "cluster_b"),
+    ] {
         let e = cp
-            .wait_for_event_since(seq, |e| e.type_url == t && e.resource_names == vec![name.to_string()], T)
+            .wait_for_event_since(
+                seq,
+                |e| e.type_url == t && e.resource_names == vec![name.to_string()],
+                T,
+            )
             .await;
         assert!(e.is_some(), "no {t} request naming only {name}");
     }
@@ -175,7 +211,9 @@ async fn control_plane_restart_keeps_config_and_reconnects() {
     // The control plane is gone: traffic still flows on the last good config.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(get(addr, "/").await.unwrap().2, "one");
-    let cp = control_plane_mock::MockControlPlane::start(xds).await.unwrap();
+    let cp = control_plane_mock::MockControlPlane::start(xds)
+        .await
+        .unwrap();
     cp.set_snapshot("n7", snapshot("v2", "route_a", "cluster_a", two));
     serves(addr, "two").await;
     // The reconnected stream's first request carried the node.

@@ -20,16 +20,26 @@ pub async fn upstream(name: &'static str) -> SocketAddr {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
-                    let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
-                    let resp = hyper::Response::builder()
-                        .header("x-upstream", name)
-                        .header("x-seen-path", req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""))
-                        .header("x-seen-host", host)
-                        .body(Full::new(Bytes::from(name)))
-                        .unwrap();
-                    Ok::<_, Infallible>(resp)
-                });
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let resp = hyper::Response::builder()
+                            .header("x-upstream", name)
+                            .header(
+                                "x-seen-path",
+                                req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
+                            )
+                            .header("x-seen-host", host)
+                            .body(Full::new(Bytes::from(name)))
+                            .unwrap();
+                        Ok::<_, Infallible>(resp)
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
                     .await;
@@ -75,7 +85,9 @@ resources:
 }
 
 pub async fn control_plane() -> MockHandle {
-    MockControlPlane::start("127.0.0.1:0".parse().unwrap()).await.unwrap()
+    MockControlPlane::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
 }
 
 /// Starts the proxy against a control plane, ADS SotW or delta, admin on port 0.
@@ -119,26 +131,43 @@ pub async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) ->
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// The bound address of a listener, once it serves.
 pub async fn listener_addr(p: &Running, name: &str) -> SocketAddr {
-    eventually("listener to bind", async || p.listeners.load().iter().find(|(n, _)| n == name).map(|(_, a)| *a)).await
+    eventually("listener to bind", async || {
+        p.listeners
+            .load()
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    })
+    .await
 }
 
 /// A plain HTTP/1.1 GET; returns (status, headers text, body).
 pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await??;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     Ok((status, head.to_ascii_lowercase(), body.to_string()))
 }
 
@@ -146,4 +175,140 @@ pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, 
 pub async fn admin(p: &Running, path: &str) -> (u16, String) {
     let (status, _, body) = get(p.admin.unwrap(), path).await.unwrap();
     (status, body)
+}
+
+/// What a scripted upstream saw: (method, host, path, body).
+pub type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, String)>>>;
+
+/// An upstream whose status for the n-th request (0-based) is `status(n)`; it records what
+/// it saw.
+pub async fn scripted_upstream(name: &'static str, status: fn(usize) -> u16) -> (SocketAddr, Seen) {
+    use http_body_util::BodyExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen: Seen = Default::default();
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let n = {
+                                let mut v = seen.lock().unwrap();
+                                v.push((
+                                    parts.method.to_string(),
+                                    parts
+                                        .headers
+                                        .get("host")
+                                        .and_then(|h| h.to_str().ok())
+                                        .unwrap_or("")
+                                        .to_string(),
+                                    parts.uri.path().to_string(),
+                                    String::from_utf8_lossy(&body).into_owned(),
+                                ));
+                                v.len() - 1
+                            };
+                            let resp = hyper::Response::builder()
+                                .status(status(n))
+                                .header("x-upstream", name)
+                                .body(Full::new(Bytes::from(name)))
+                                .unwrap();
+                            Ok::<_, Infallible>(resp)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Starts the proxy from a static bootstrap (listener on port 0, admin on port 0): `routes`
+/// is the YAML list of the virtual host's routes, `clusters` the YAML list of clusters.
+pub async fn static_proxy(routes: &str, clusters: &str) -> (Running, SocketAddr) {
+    let yaml = format!(
+        r#"
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
+static_resources:
+  listeners:
+  - name: l
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: t
+          route_config: {{ name: r, virtual_hosts: [ {{ name: v, domains: ["*"], routes: {routes} }} ] }}
+          http_filters: [ {{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }} ]
+  clusters: {clusters}
+"#
+    );
+    let options = Options {
+        config_yaml: Some(yaml),
+        drain_time: Duration::from_secs(1),
+        ..Options::default()
+    };
+    let p = SentinelApp::new(options).unwrap().start().await.unwrap();
+    let addr = listener_addr(&p, "l").await;
+    (p, addr)
+}
+
+/// A STATIC cluster's YAML with these endpoints.
+pub fn static_cluster(name: &str, endpoints: &[SocketAddr]) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|a| format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}", a.port()))
+        .collect();
+    format!(
+        "{{ name: {name}, type: STATIC, connect_timeout: 0.5s, load_assignment: {{ cluster_name: {name}, endpoints: [ {{ lb_endpoints: [ {} ] }} ] }} }}",
+        eps.join(", ")
+    )
+}
+
+/// A free loopback port with nothing listening on it.
+pub fn dead_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// An HTTP/1.1 request with a body; returns (status, headers text, body).
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await??;
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, head.to_ascii_lowercase(), body.to_string()))
 }

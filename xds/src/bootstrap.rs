@@ -89,7 +89,11 @@ fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
 
 impl Bootstrap {
     /// Reads `-c path` and/or `--config-yaml text`.
-    pub fn load(path: Option<&Path>, config_yaml: Option<&str>, overrides: &Overrides) -> Result<Self, BootstrapError> {
+    pub fn load(
+        path: Option<&Path>,
+        config_yaml: Option<&str>,
+        overrides: &Overrides,
+    ) -> Result<Self, BootstrapError> {
         let mut json = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| BootstrapError::Io {
@@ -110,7 +114,11 @@ impl Bootstrap {
         Self::from_proto(proto, overrides, json)
     }
 
-    fn from_proto(b: pb::Bootstrap, overrides: &Overrides, json: serde_json::Value) -> Result<Self, BootstrapError> {
+    fn from_proto(
+        b: pb::Bootstrap,
+        overrides: &Overrides,
+        json: serde_json::Value,
+    ) -> Result<Self, BootstrapError> {
         let mut node_proto = b.node.clone().unwrap_or_default();
         if let Some(id) = &overrides.node_id {
             node_proto.id = id.clone();
@@ -119,16 +127,24 @@ impl Bootstrap {
             node_proto.cluster = c.clone();
         }
         if let Some(z) = &overrides.zone {
-            node_proto.locality.get_or_insert_with(Default::default).zone = z.clone();
+            node_proto
+                .locality
+                .get_or_insert_with(Default::default)
+                .zone = z.clone();
         }
         node_proto.user_agent_name = "envoy".into();
-        node_proto.user_agent_version_type = Some(core_pb::node::UserAgentVersionType::UserAgentVersion(
-            format!("sentinel/{}", env!("CARGO_PKG_VERSION")),
-        ));
+        node_proto.user_agent_version_type =
+            Some(core_pb::node::UserAgentVersionType::UserAgentVersion(
+                format!("sentinel/{}", env!("CARGO_PKG_VERSION")),
+            ));
         let node = NodeInfo {
             id: node_proto.id.clone(),
             cluster: node_proto.cluster.clone(),
-            zone: node_proto.locality.as_ref().map(|l| l.zone.clone()).unwrap_or_default(),
+            zone: node_proto
+                .locality
+                .as_ref()
+                .map(|l| l.zone.clone())
+                .unwrap_or_default(),
         };
         let admin = match b.admin.as_ref().and_then(|a| a.address.as_ref()) {
             Some(a) => Some(socket_addr(a, "admin.address")?),
@@ -137,7 +153,11 @@ impl Bootstrap {
         let mut static_resources = Vec::new();
         if let Some(sr) = &b.static_resources {
             if !sr.secrets.is_empty() {
-                return Err(ConfigError::new("static_resources.secrets", "TLS secrets are not supported yet").into());
+                return Err(ConfigError::new(
+                    "static_resources.secrets",
+                    "TLS secrets are not supported yet",
+                )
+                .into());
             }
             static_resources.extend(sr.clusters.iter().map(sentinel_proto::to_any));
             static_resources.extend(sr.listeners.iter().map(sentinel_proto::to_any));
@@ -146,7 +166,9 @@ impl Bootstrap {
         if let Some(dr) = &b.dynamic_resources {
             if let Some(a) = &dr.ads_config {
                 let src = ConfigSourceRef::from_proto(&core_pb::ConfigSource {
-                    config_source_specifier: Some(core_pb::config_source::ConfigSourceSpecifier::ApiConfigSource(a.clone())),
+                    config_source_specifier: Some(
+                        core_pb::config_source::ConfigSourceSpecifier::ApiConfigSource(a.clone()),
+                    ),
                     ..Default::default()
                 })
                 .map_err(|e| e.within("dynamic_resources.ads_config"))?;
@@ -157,15 +179,25 @@ impl Bootstrap {
             lds = dr
                 .lds_config
                 .as_ref()
-                .map(|c| ConfigSourceRef::from_proto(c).map_err(|e| e.within("dynamic_resources.lds_config")))
+                .map(|c| {
+                    ConfigSourceRef::from_proto(c)
+                        .map_err(|e| e.within("dynamic_resources.lds_config"))
+                })
                 .transpose()?;
             cds = dr
                 .cds_config
                 .as_ref()
-                .map(|c| ConfigSourceRef::from_proto(c).map_err(|e| e.within("dynamic_resources.cds_config")))
+                .map(|c| {
+                    ConfigSourceRef::from_proto(c)
+                        .map_err(|e| e.within("dynamic_resources.cds_config"))
+                })
                 .transpose()?;
             for (field, src) in [("lds_config", &lds), ("cds_config", &cds)] {
-                if src.as_ref().is_some_and(|s| s.kind == crate::config::listener::SourceKind::Ads) && ads.is_none() {
+                if src
+                    .as_ref()
+                    .is_some_and(|s| s.kind == crate::config::listener::SourceKind::Ads)
+                    && ads.is_none()
+                {
                     return Err(ConfigError::new(
                         format!("dynamic_resources.{field}"),
                         "uses ads but dynamic_resources.ads_config is not set",
@@ -197,20 +229,48 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("b.yaml");
         std::fs::write(&path, "node: { id: a, cluster: c }\nadmin: { address: { socket_address: { address: 127.0.0.1, port_value: 9901 } } }\n").unwrap();
-        let b = Bootstrap::load(Some(&path), Some("node: { id: b }"), &Overrides { zone: Some("z".into()), ..Default::default() }).unwrap();
-        assert_eq!(b.node, NodeInfo { id: "b".into(), cluster: "c".into(), zone: "z".into() });
+        let b = Bootstrap::load(
+            Some(&path),
+            Some("node: { id: b }"),
+            &Overrides {
+                zone: Some("z".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            b.node,
+            NodeInfo {
+                id: "b".into(),
+                cluster: "c".into(),
+                zone: "z".into()
+            }
+        );
         assert_eq!(b.admin, Some("127.0.0.1:9901".parse().unwrap()));
     }
 
     #[test]
     fn unknown_field_is_named() {
-        let err = Bootstrap::load(None, Some("dynamic_resources: { lds_config: { bogus: 1 } }"), &Overrides::default()).unwrap_err();
-        assert!(err.to_string().contains("dynamic_resources.lds_config"), "{err}");
+        let err = Bootstrap::load(
+            None,
+            Some("dynamic_resources: { lds_config: { bogus: 1 } }"),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("dynamic_resources.lds_config"),
+            "{err}"
+        );
     }
 
     #[test]
     fn ads_source_without_ads_config_is_refused() {
-        let err = Bootstrap::load(None, Some("dynamic_resources: { lds_config: { ads: {} } }"), &Overrides::default()).unwrap_err();
+        let err = Bootstrap::load(
+            None,
+            Some("dynamic_resources: { lds_config: { ads: {} } }"),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("ads_config is not set"), "{err}");
     }
 }

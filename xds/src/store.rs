@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use prost::Message;
-use sentinel_proto::pb::envoy::config::{cluster::v3 as cds, endpoint::v3 as eds, listener::v3 as lds, route::v3 as rds};
+use sentinel_proto::pb::envoy::config::{
+    cluster::v3 as cds, endpoint::v3 as eds, listener::v3 as lds, route::v3 as rds,
+};
 use sentinel_proto::pb::google::protobuf::Any;
 
 use crate::config::fields;
@@ -140,7 +142,11 @@ impl Store {
         let mut seen = HashSet::new();
         for inc in update.resources {
             if inc.resource.type_url != type_url {
-                errors.push(format!("resource of type {} in a {} response", inc.resource.type_url, types::short(type_url)));
+                errors.push(format!(
+                    "resource of type {} in a {} response",
+                    inc.resource.type_url,
+                    types::short(type_url)
+                ));
                 continue;
             }
             let name = match resource_name(type_url, &inc.resource) {
@@ -152,7 +158,10 @@ impl Store {
             };
             if !seen.insert(name.clone()) {
                 // Envoy refuses the whole update when a name repeats.
-                let err = format!("duplicate {} resource '{name}' in one update", types::short(type_url));
+                let err = format!(
+                    "duplicate {} resource '{name}' in one update",
+                    types::short(type_url)
+                );
                 self.record_failure(type_url, &update.version_info, &err);
                 return Err(err);
             }
@@ -173,7 +182,9 @@ impl Store {
             self.remove(type_url, name);
         }
         for (name, version, resource) in named {
-            if let Err(e) = self.validate_and_insert(type_url, &name, resource, &version, false, now) {
+            if let Err(e) =
+                self.validate_and_insert(type_url, &name, resource, &version, false, now)
+            {
                 errors.push(format!("{name}: {e}"));
             }
         }
@@ -192,7 +203,11 @@ impl Store {
     }
 
     fn record_failure(&mut self, type_url: &'static str, version: &str, details: &str) {
-        tracing::warn!(type_url = types::short(type_url), version, "rejected update: {details}");
+        tracing::warn!(
+            type_url = types::short(type_url),
+            version,
+            "rejected update: {details}"
+        );
         self.failures.insert(
             type_url,
             UpdateFailure {
@@ -206,8 +221,18 @@ impl Store {
     fn names(&self, type_url: &str) -> Vec<String> {
         let dynamic = |is_static: bool| !is_static;
         match type_url {
-            types::LISTENER => self.listeners.iter().filter(|(_, e)| dynamic(e.is_static)).map(|(n, _)| n.clone()).collect(),
-            types::CLUSTER => self.clusters.iter().filter(|(_, e)| dynamic(e.is_static)).map(|(n, _)| n.clone()).collect(),
+            types::LISTENER => self
+                .listeners
+                .iter()
+                .filter(|(_, e)| dynamic(e.is_static))
+                .map(|(n, _)| n.clone())
+                .collect(),
+            types::CLUSTER => self
+                .clusters
+                .iter()
+                .filter(|(_, e)| dynamic(e.is_static))
+                .map(|(n, _)| n.clone())
+                .collect(),
             types::ROUTE => self.routes.keys().cloned().collect(),
             types::ENDPOINT => self.endpoints.keys().cloned().collect(),
             _ => vec![],
@@ -251,20 +276,28 @@ impl Store {
         let updated = SystemTime::now();
         macro_rules! entry {
             ($config:expr) => {
-                Entry { config: Arc::new($config), raw, version: version.to_string(), updated, is_static }
+                Entry {
+                    config: Arc::new($config),
+                    raw,
+                    version: version.to_string(),
+                    updated,
+                    is_static,
+                }
             };
         }
         match type_url {
             types::LISTENER => {
-                let config = Listener::from_proto(&lds::Listener::decode(raw.value.as_slice()).map_err(bad)?)?;
+                let config = Listener::from_proto(
+                    &lds::Listener::decode(raw.value.as_slice()).map_err(bad)?,
+                )?;
                 if self.listeners.get(name).is_some_and(|e| e.raw == raw) {
                     return Ok(());
                 }
-                if let Some((other, _)) = self
-                    .listeners
-                    .iter()
-                    .find(|(n, e)| n.as_str() != name && e.config.address == config.address && config.address.port() != 0)
-                {
+                if let Some((other, _)) = self.listeners.iter().find(|(n, e)| {
+                    n.as_str() != name
+                        && e.config.address == config.address
+                        && config.address.port() != 0
+                }) {
                     return Err(ConfigError::new(
                         "address",
                         format!("error adding listener '{}': listener '{other}' has duplicate address '{}' as existing listener", name, config.address),
@@ -276,10 +309,13 @@ impl Store {
                     .min()
                     .map(|t| now + t);
                 self.listeners.insert(name.to_string(), entry!(config));
-                self.warming_listeners.insert(name.to_string(), Warming { deadline });
+                self.warming_listeners
+                    .insert(name.to_string(), Warming { deadline });
             }
             types::ROUTE => {
-                let config = RouteConfig::from_proto(&rds::RouteConfiguration::decode(raw.value.as_slice()).map_err(bad)?)?;
+                let config = RouteConfig::from_proto(
+                    &rds::RouteConfiguration::decode(raw.value.as_slice()).map_err(bad)?,
+                )?;
                 self.routes.insert(name.to_string(), entry!(config));
             }
             types::CLUSTER => {
@@ -295,19 +331,26 @@ impl Store {
                     .map(ConfigSourceRef::from_proto)
                     .transpose()
                     .map_err(|e| e.within("eds_cluster_config.eds_config"))?
-                    .map_or(Some(std::time::Duration::from_secs(15)), |s| s.initial_fetch_timeout)
+                    .map_or(Some(std::time::Duration::from_secs(15)), |s| {
+                        s.initial_fetch_timeout
+                    })
                     .map(|t| now + t);
                 let eds = config.eds_service_name().is_some();
                 self.clusters.insert(name.to_string(), entry!(config));
                 if eds {
-                    self.warming_clusters.insert(name.to_string(), Warming { deadline });
+                    self.warming_clusters
+                        .insert(name.to_string(), Warming { deadline });
                 } else {
                     self.warming_clusters.remove(name);
-                    self.active_clusters.insert(name.to_string(), self.clusters[name].config.clone());
+                    self.active_clusters
+                        .insert(name.to_string(), self.clusters[name].config.clone());
                 }
             }
             types::ENDPOINT => {
-                let config = ClusterLoadAssignment::from_proto(&eds::ClusterLoadAssignment::decode(raw.value.as_slice()).map_err(bad)?, false)?;
+                let config = ClusterLoadAssignment::from_proto(
+                    &eds::ClusterLoadAssignment::decode(raw.value.as_slice()).map_err(bad)?,
+                    false,
+                )?;
                 self.endpoints.insert(name.to_string(), entry!(config));
                 // A (new) assignment warms every cluster that waits for it.
                 let warm: Vec<String> = self
@@ -318,7 +361,8 @@ impl Store {
                     .collect();
                 for c in warm {
                     self.warming_clusters.remove(&c);
-                    self.active_clusters.insert(c.clone(), self.clusters[&c].config.clone());
+                    self.active_clusters
+                        .insert(c.clone(), self.clusters[&c].config.clone());
                 }
             }
             _ => unreachable!("canonical type"),
@@ -334,13 +378,17 @@ impl Store {
             .iter()
             .filter(|(name, w)| {
                 w.deadline.is_some_and(|d| d <= now)
-                    || self.listeners[*name].config.rds_names().all(|(r, _)| routes.contains_key(r))
+                    || self.listeners[*name]
+                        .config
+                        .rds_names()
+                        .all(|(r, _)| routes.contains_key(r))
             })
             .map(|(n, _)| n.clone())
             .collect();
         for name in ready {
             self.warming_listeners.remove(&name);
-            self.active_listeners.insert(name.clone(), self.listeners[&name].config.clone());
+            self.active_listeners
+                .insert(name.clone(), self.listeners[&name].config.clone());
         }
         let expired: Vec<String> = self
             .warming_clusters
@@ -351,7 +399,8 @@ impl Store {
         for name in expired {
             tracing::warn!(cluster = %name, "endpoints did not arrive in time; the cluster serves without them");
             self.warming_clusters.remove(&name);
-            self.active_clusters.insert(name.clone(), self.clusters[&name].config.clone());
+            self.active_clusters
+                .insert(name.clone(), self.clusters[&name].config.clone());
         }
         let timed_out: Vec<&'static str> = self
             .initial_pending
@@ -374,9 +423,17 @@ impl Store {
 
     /// Called when a deadline passes.
     pub fn tick(&mut self, now: Instant) {
-        let before = (self.warming_listeners.len(), self.warming_clusters.len(), self.initial_pending.len());
+        let before = (
+            self.warming_listeners.len(),
+            self.warming_clusters.len(),
+            self.initial_pending.len(),
+        );
         self.promote(now);
-        let after = (self.warming_listeners.len(), self.warming_clusters.len(), self.initial_pending.len());
+        let after = (
+            self.warming_listeners.len(),
+            self.warming_clusters.len(),
+            self.initial_pending.len(),
+        );
         if before != after {
             self.publish();
         }
@@ -434,7 +491,10 @@ impl Store {
     /// Per-resource versions of a type, for a delta stream's `initial_resource_versions`.
     pub fn resource_versions(&self, type_url: &str) -> HashMap<String, String> {
         fn collect<T>(m: &BTreeMap<String, Entry<T>>) -> HashMap<String, String> {
-            m.iter().filter(|(_, e)| !e.is_static).map(|(n, e)| (n.clone(), e.version.clone())).collect()
+            m.iter()
+                .filter(|(_, e)| !e.is_static)
+                .map(|(n, e)| (n.clone(), e.version.clone()))
+                .collect()
         }
         match type_url {
             types::LISTENER => collect(&self.listeners),
@@ -447,7 +507,10 @@ impl Store {
 
     /// The last accepted version of a type (SotW `version_info`).
     pub fn version_info(&self, type_url: &str) -> String {
-        canonical(type_url).and_then(|t| self.versions.get(t)).cloned().unwrap_or_default()
+        canonical(type_url)
+            .and_then(|t| self.versions.get(t))
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn publish(&mut self) {
@@ -472,17 +535,30 @@ impl Store {
                 self.versions.get(types::LISTENER),
                 self.failures.get(types::LISTENER),
             ),
-            routes: dump(&self.routes, &never, self.versions.get(types::ROUTE), self.failures.get(types::ROUTE)),
+            routes: dump(
+                &self.routes,
+                &never,
+                self.versions.get(types::ROUTE),
+                self.failures.get(types::ROUTE),
+            ),
             clusters: dump(
                 &self.clusters,
                 &|n| self.warming_clusters.contains_key(n),
                 self.versions.get(types::CLUSTER),
                 self.failures.get(types::CLUSTER),
             ),
-            endpoints: dump(&self.endpoints, &never, self.versions.get(types::ENDPOINT), self.failures.get(types::ENDPOINT)),
+            endpoints: dump(
+                &self.endpoints,
+                &never,
+                self.versions.get(types::ENDPOINT),
+                self.failures.get(types::ENDPOINT),
+            ),
         };
-        let mut endpoints: HashMap<String, Arc<ClusterLoadAssignment>> =
-            self.endpoints.iter().map(|(n, e)| (n.clone(), e.config.clone())).collect();
+        let mut endpoints: HashMap<String, Arc<ClusterLoadAssignment>> = self
+            .endpoints
+            .iter()
+            .map(|(n, e)| (n.clone(), e.config.clone()))
+            .collect();
         for (name, c) in &self.active_clusters {
             if let Some(la) = &c.load_assignment {
                 endpoints.insert(name.clone(), Arc::new(la.clone()));
@@ -491,7 +567,11 @@ impl Store {
         self.handle.publish(Snapshot {
             version: self.version,
             listeners: self.active_listeners.clone(),
-            routes: self.routes.iter().map(|(n, e)| (n.clone(), e.config.clone())).collect(),
+            routes: self
+                .routes
+                .iter()
+                .map(|(n, e)| (n.clone(), e.config.clone()))
+                .collect(),
             clusters: self.active_clusters.clone(),
             endpoints,
             initialized: self.initialized,

@@ -71,7 +71,10 @@ impl XdsClient {
             store.add_static(r.clone()).map_err(ClientError::Static)?;
         }
         let now = Instant::now();
-        for (type_url, src) in [(types::CLUSTER, &bootstrap.cds), (types::LISTENER, &bootstrap.lds)] {
+        for (type_url, src) in [
+            (types::CLUSTER, &bootstrap.cds),
+            (types::LISTENER, &bootstrap.lds),
+        ] {
             if let Some(src) = src {
                 store.expect_initial(type_url, src.initial_fetch_timeout.map(|t| now + t));
             }
@@ -87,7 +90,10 @@ impl XdsClient {
             events_tx,
             events_rx,
         };
-        for (type_url, src) in [(types::CLUSTER, &bootstrap.cds), (types::LISTENER, &bootstrap.lds)] {
+        for (type_url, src) in [
+            (types::CLUSTER, &bootstrap.cds),
+            (types::LISTENER, &bootstrap.lds),
+        ] {
             if let Some(src) = src {
                 client.subscribe(type_url, src, None);
             }
@@ -140,12 +146,17 @@ impl XdsClient {
         if let SourceKind::Path(p) = &src.kind {
             if self.files.insert((p.clone(), type_url)) {
                 let tx = self.events_tx.clone();
-                tokio::spawn(file::watch(p.clone(), type_url, move |u| tx.send(Event::File(u)).is_ok()));
+                tokio::spawn(file::watch(p.clone(), type_url, move |u| {
+                    tx.send(Event::File(u)).is_ok()
+                }));
             }
             return;
         }
         let Some(key) = self.stream_key(type_url, src) else {
-            tracing::error!("{} uses ADS but the bootstrap has no ads_config", types::short(type_url));
+            tracing::error!(
+                "{} uses ADS but the bootstrap has no ads_config",
+                types::short(type_url)
+            );
             return;
         };
         let state = self.streams.entry(key.clone()).or_insert_with(|| {
@@ -169,8 +180,10 @@ impl XdsClient {
 
     /// Makes the RDS and EDS subscriptions follow what listeners and clusters reference.
     fn sync_subscriptions(&mut self) {
-        let wanted: [(&'static str, BTreeMap<String, ConfigSourceRef>); 2] =
-            [(types::ENDPOINT, self.store.eds_interest()), (types::ROUTE, self.store.rds_interest())];
+        let wanted: [(&'static str, BTreeMap<String, ConfigSourceRef>); 2] = [
+            (types::ENDPOINT, self.store.eds_interest()),
+            (types::ROUTE, self.store.rds_interest()),
+        ];
         for (type_url, interest) in wanted {
             let mut by_stream: BTreeMap<StreamKey, BTreeSet<String>> = BTreeMap::new();
             for (name, src) in &interest {
@@ -202,7 +215,11 @@ impl XdsClient {
                     continue;
                 }
                 let old = std::mem::replace(&mut sub.names, names.clone());
-                tracing::debug!(type_url = types::short(type_url), ?names, "subscription changed");
+                tracing::debug!(
+                    type_url = types::short(type_url),
+                    ?names,
+                    "subscription changed"
+                );
                 self.send_subscription(&key, type_url, Some((old, names)));
             }
         }
@@ -210,12 +227,21 @@ impl XdsClient {
 
     /// Sends the request that states a type's subscription: the full list for SotW, the
     /// difference (or initial state) for delta.
-    fn send_subscription(&mut self, key: &StreamKey, type_url: &'static str, diff: Option<(BTreeSet<String>, BTreeSet<String>)>) {
+    fn send_subscription(
+        &mut self,
+        key: &StreamKey,
+        type_url: &'static str,
+        diff: Option<(BTreeSet<String>, BTreeSet<String>)>,
+    ) {
         let version = self.store.version_info(type_url);
         let versions = self.store.resource_versions(type_url);
         let node = self.node.clone();
-        let Some(state) = self.streams.get_mut(key) else { return };
-        let Some(sender) = state.sender.clone() else { return };
+        let Some(state) = self.streams.get_mut(key) else {
+            return;
+        };
+        let Some(sender) = state.sender.clone() else {
+            return;
+        };
         let sub = &state.types[type_url];
         let node = (!std::mem::replace(&mut state.node_sent, true)).then_some(node);
         let first = diff.is_none();
@@ -261,7 +287,9 @@ impl XdsClient {
         match event {
             StreamEvent::Connected(key, sender) => {
                 tracing::info!(cluster = %key.cluster, delta = key.delta, "xDS stream connected");
-                let Some(state) = self.streams.get_mut(&key) else { return };
+                let Some(state) = self.streams.get_mut(&key) else {
+                    return;
+                };
                 state.sender = Some(sender);
                 state.node_sent = false;
                 for sub in state.types.values_mut() {
@@ -292,15 +320,22 @@ impl XdsClient {
                     resources: resp
                         .resources
                         .into_iter()
-                        .map(|r| Incoming { name: None, version: None, resource: r })
+                        .map(|r| Incoming {
+                            name: None,
+                            version: None,
+                            resource: r,
+                        })
                         .collect(),
                     removed: vec![],
                     full_state: types::is_wildcard(type_url),
                 };
                 let result = self.store.apply(update, Instant::now());
                 let version = self.store.version_info(type_url);
-                let Some(state) = self.streams.get_mut(&key) else { return };
-                let node = (!std::mem::replace(&mut state.node_sent, true)).then(|| self.node.clone());
+                let Some(state) = self.streams.get_mut(&key) else {
+                    return;
+                };
+                let node =
+                    (!std::mem::replace(&mut state.node_sent, true)).then(|| self.node.clone());
                 let sub = state.types.entry(type_url).or_default();
                 sub.nonce = resp.nonce.clone();
                 let req = DiscoveryRequest {
@@ -344,9 +379,17 @@ impl XdsClient {
                     errors.push(e);
                     errors.join("; ")
                 });
-                let result = if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }.and(result);
-                let Some(state) = self.streams.get_mut(&key) else { return };
-                let node = (!std::mem::replace(&mut state.node_sent, true)).then(|| self.node.clone());
+                let result = if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(errors.join("; "))
+                }
+                .and(result);
+                let Some(state) = self.streams.get_mut(&key) else {
+                    return;
+                };
+                let node =
+                    (!std::mem::replace(&mut state.node_sent, true)).then(|| self.node.clone());
                 let req = DeltaDiscoveryRequest {
                     node,
                     type_url: type_url.to_string(),
@@ -363,13 +406,25 @@ impl XdsClient {
 
     fn nack_unknown(&mut self, key: &StreamKey, type_url: String, nonce: String) {
         tracing::warn!("NACK: unsupported resource type {type_url}");
-        let Some(state) = self.streams.get(key) else { return };
+        let Some(state) = self.streams.get(key) else {
+            return;
+        };
         let Some(s) = &state.sender else { return };
         let status = Some(nack_status(format!("unsupported resource type {type_url}")));
         let msg = if key.delta {
-            Outbound::Delta(DeltaDiscoveryRequest { type_url, response_nonce: nonce, error_detail: status, ..Default::default() })
+            Outbound::Delta(DeltaDiscoveryRequest {
+                type_url,
+                response_nonce: nonce,
+                error_detail: status,
+                ..Default::default()
+            })
         } else {
-            Outbound::Sotw(DiscoveryRequest { type_url, response_nonce: nonce, error_detail: status, ..Default::default() })
+            Outbound::Sotw(DiscoveryRequest {
+                type_url,
+                response_nonce: nonce,
+                error_detail: status,
+                ..Default::default()
+            })
         };
         let _ = s.send(msg);
     }
@@ -378,7 +433,15 @@ impl XdsClient {
         let update = Update {
             type_url: f.type_url.to_string(),
             version_info: f.version_info,
-            resources: f.resources.into_iter().map(|r| Incoming { name: None, version: None, resource: r }).collect(),
+            resources: f
+                .resources
+                .into_iter()
+                .map(|r| Incoming {
+                    name: None,
+                    version: None,
+                    resource: r,
+                })
+                .collect(),
             removed: vec![],
             full_state: types::is_wildcard(f.type_url),
         };

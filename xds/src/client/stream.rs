@@ -59,31 +59,68 @@ pub enum StreamEvent {
 /// Largest xDS message accepted: a hostile control plane cannot make us allocate more.
 const MAX_MESSAGE: usize = 64 << 20;
 
-type Responses = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Inbound, tonic::Status>> + Send>>;
+type Responses =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Inbound, tonic::Status>> + Send>>;
 
-async fn open(key: &StreamKey, channel: Channel, rx: mpsc::UnboundedReceiver<Outbound>) -> Result<Responses, tonic::Status> {
+async fn open(
+    key: &StreamKey,
+    channel: Channel,
+    rx: mpsc::UnboundedReceiver<Outbound>,
+) -> Result<Responses, tonic::Status> {
     let rx = UnboundedReceiverStream::new(rx);
     macro_rules! call {
         ($client:ident, $sotw:ident, $delta:ident) => {{
             let mut c = $client::new(channel).max_decoding_message_size(MAX_MESSAGE);
             if key.delta {
-                let reqs = rx.filter_map(|o| async move { if let Outbound::Delta(r) = o { Some(r) } else { None } });
+                let reqs = rx.filter_map(|o| async move {
+                    if let Outbound::Delta(r) = o {
+                        Some(r)
+                    } else {
+                        None
+                    }
+                });
                 let s = c.$delta(reqs).await?.into_inner();
                 Box::pin(s.map(|r| r.map(Inbound::Delta))) as Responses
             } else {
-                let reqs = rx.filter_map(|o| async move { if let Outbound::Sotw(r) = o { Some(r) } else { None } });
+                let reqs = rx.filter_map(|o| async move {
+                    if let Outbound::Sotw(r) = o {
+                        Some(r)
+                    } else {
+                        None
+                    }
+                });
                 let s = c.$sotw(reqs).await?.into_inner();
                 Box::pin(s.map(|r| r.map(Inbound::Sotw))) as Responses
             }
         }};
     }
     Ok(match key.type_url {
-        None => call!(AggregatedDiscoveryServiceClient, stream_aggregated_resources, delta_aggregated_resources),
-        Some(types::LISTENER) => call!(ListenerDiscoveryServiceClient, stream_listeners, delta_listeners),
+        None => call!(
+            AggregatedDiscoveryServiceClient,
+            stream_aggregated_resources,
+            delta_aggregated_resources
+        ),
+        Some(types::LISTENER) => call!(
+            ListenerDiscoveryServiceClient,
+            stream_listeners,
+            delta_listeners
+        ),
         Some(types::ROUTE) => call!(RouteDiscoveryServiceClient, stream_routes, delta_routes),
-        Some(types::CLUSTER) => call!(ClusterDiscoveryServiceClient, stream_clusters, delta_clusters),
-        Some(types::ENDPOINT) => call!(EndpointDiscoveryServiceClient, stream_endpoints, delta_endpoints),
-        Some(other) => return Err(tonic::Status::unimplemented(format!("no xDS service for {other}"))),
+        Some(types::CLUSTER) => call!(
+            ClusterDiscoveryServiceClient,
+            stream_clusters,
+            delta_clusters
+        ),
+        Some(types::ENDPOINT) => call!(
+            EndpointDiscoveryServiceClient,
+            stream_endpoints,
+            delta_endpoints
+        ),
+        Some(other) => {
+            return Err(tonic::Status::unimplemented(format!(
+                "no xDS service for {other}"
+            )))
+        }
     })
 }
 
@@ -123,7 +160,8 @@ async fn attempt(
     target: &impl Fn() -> Option<(String, u16)>,
     events: &impl Sink,
 ) -> Result<bool, String> {
-    let (host, port) = target().ok_or_else(|| format!("cluster '{}' has no endpoint", key.cluster))?;
+    let (host, port) =
+        target().ok_or_else(|| format!("cluster '{}' has no endpoint", key.cluster))?;
     let addr: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
         .await
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
@@ -141,7 +179,9 @@ async fn attempt(
     if !events.send(StreamEvent::Connected(key.clone(), tx)) {
         return Err("client stopped".to_string());
     }
-    let mut responses = open(key, channel, rx).await.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    let mut responses = open(key, channel, rx)
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
     let mut got_any = false;
     while let Some(item) = responses.next().await {
         match item {

@@ -16,13 +16,43 @@ pub enum Discovery {
     StrictDns,
     LogicalDns,
     /// Endpoints arrive by EDS under this name (`service_name`, or the cluster name).
-    Eds { service_name: String },
+    Eds {
+        service_name: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LbPolicy {
     RoundRobin,
     LeastRequest { choice_count: u32 },
+}
+
+/// `dns_lookup_family`: which resolved addresses a DNS cluster uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsFamily {
+    /// AUTO and V6 preferred: IPv6 if any, else IPv4.
+    PreferV6,
+    V4Only,
+    V6Only,
+    /// V4_PREFERRED: IPv4 if any, else IPv6.
+    PreferV4,
+    All,
+}
+
+impl DnsFamily {
+    /// Filters resolved addresses as Envoy's resolver would.
+    pub fn select(self, addrs: Vec<std::net::SocketAddr>) -> Vec<std::net::SocketAddr> {
+        let (v4, v6): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv4());
+        match self {
+            Self::V4Only => v4,
+            Self::V6Only => v6,
+            Self::PreferV6 if !v6.is_empty() => v6,
+            Self::PreferV6 => v4,
+            Self::PreferV4 if !v4.is_empty() => v4,
+            Self::PreferV4 => v6,
+            Self::All => v4.into_iter().chain(v6).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +71,7 @@ pub struct Cluster {
     /// Upstream connection idle timeout (`common_http_protocol_options.idle_timeout`, 1 h).
     pub idle_timeout: Option<Duration>,
     pub dns_refresh_rate: Duration,
+    pub dns_family: DnsFamily,
     /// Inline endpoints (STATIC and DNS clusters).
     pub load_assignment: Option<ClusterLoadAssignment>,
 }
@@ -56,7 +87,10 @@ impl Cluster {
             Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t)
                 .map_err(|_| ConfigError::new("type", format!("unknown discovery type {t}")))?,
             Some(ClusterDiscoveryType::ClusterType(_)) => {
-                return Err(ConfigError::new("cluster_type", "custom cluster types are not supported"))
+                return Err(ConfigError::new(
+                    "cluster_type",
+                    "custom cluster types are not supported",
+                ))
             }
         };
         let discovery = match kind {
@@ -93,8 +127,14 @@ impl Cluster {
             }
             Err(_) => return Err(ConfigError::new("lb_policy", "unknown policy")),
         };
-        if !matches!(c.lb_config, None | Some(pb::cluster::LbConfig::LeastRequestLbConfig(_))) {
-            return Err(ConfigError::new("lb_config", "only least_request_lb_config is supported"));
+        if !matches!(
+            c.lb_config,
+            None | Some(pb::cluster::LbConfig::LeastRequestLbConfig(_))
+        ) {
+            return Err(ConfigError::new(
+                "lb_config",
+                "only least_request_lb_config is supported",
+            ));
         }
         let connect_timeout = c
             .connect_timeout
@@ -116,7 +156,9 @@ impl Cluster {
             }),
         };
         if matches!(discovery, Discovery::LogicalDns)
-            && load_assignment.as_ref().is_some_and(|la| la.endpoints.len() != 1)
+            && load_assignment
+                .as_ref()
+                .is_some_and(|la| la.endpoints.len() != 1)
         {
             return Err(ConfigError::new(
                 "load_assignment",
@@ -129,8 +171,16 @@ impl Cluster {
             .map(|d| duration(d, "dns_refresh_rate"))
             .transpose()?
             .unwrap_or(Duration::from_secs(5));
+        let dns_family = match pb::cluster::DnsLookupFamily::try_from(c.dns_lookup_family) {
+            Ok(pb::cluster::DnsLookupFamily::V4Only) => DnsFamily::V4Only,
+            Ok(pb::cluster::DnsLookupFamily::V6Only) => DnsFamily::V6Only,
+            Ok(pb::cluster::DnsLookupFamily::V4Preferred) => DnsFamily::PreferV4,
+            Ok(pb::cluster::DnsLookupFamily::All) => DnsFamily::All,
+            _ => DnsFamily::PreferV6,
+        };
         Ok(Self {
             name: c.name.clone(),
+            dns_family,
             discovery,
             lb_policy,
             connect_timeout,
@@ -156,11 +206,16 @@ fn protocol_options(c: &pb::Cluster) -> Result<(UpstreamProtocol, Option<Duratio
     for (key, any) in &c.typed_extension_protocol_options {
         let path = format!("typed_extension_protocol_options[{key:?}]");
         if any.type_url.rsplit('/').next() != Some(HTTP_PROTOCOL_OPTIONS) {
-            return Err(ConfigError::new(path, format!("unsupported options type {}", any.type_url)));
+            return Err(ConfigError::new(
+                path,
+                format!("unsupported options type {}", any.type_url),
+            ));
         }
         let opts: http_opts::HttpProtocolOptions = sentinel_proto::from_any(any)
             .map_err(|e| ConfigError::new(path.clone(), e.to_string()))?;
-        use http_opts::http_protocol_options::{explicit_http_config::ProtocolConfig, UpstreamProtocolOptions};
+        use http_opts::http_protocol_options::{
+            explicit_http_config::ProtocolConfig, UpstreamProtocolOptions,
+        };
         match &opts.upstream_protocol_options {
             Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
                 protocol = match e.protocol_config {

@@ -56,14 +56,15 @@ impl ClusterLoadAssignment {
             }
             for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
                 let path = format!("{lpath}.lb_endpoints[{ei}]");
-                let Some(pb::lb_endpoint::HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
+                let Some(pb::lb_endpoint::HostIdentifier::Endpoint(ep)) = &lb.host_identifier
+                else {
                     return Err(ConfigError::new(path, "an endpoint is required"));
                 };
-                let addr = ep
-                    .address
-                    .as_ref()
-                    .ok_or_else(|| ConfigError::new(format!("{path}.endpoint.address"), "required"))?;
-                let address = endpoint_address(addr, allow_names, &format!("{path}.endpoint.address"))?;
+                let addr = ep.address.as_ref().ok_or_else(|| {
+                    ConfigError::new(format!("{path}.endpoint.address"), "required")
+                })?;
+                let address =
+                    endpoint_address(addr, allow_names, &format!("{path}.endpoint.address"))?;
                 let weight = lb.load_balancing_weight.as_ref().map_or(1, |w| w.value);
                 if weight == 0 {
                     return Err(ConfigError::new(
@@ -93,7 +94,11 @@ impl ClusterLoadAssignment {
     }
 }
 
-fn endpoint_address(a: &core_pb::Address, allow_names: bool, path: &str) -> Result<EndpointAddress> {
+fn endpoint_address(
+    a: &core_pb::Address,
+    allow_names: bool,
+    path: &str,
+) -> Result<EndpointAddress> {
     use core_pb::{address, socket_address};
     let Some(address::Address::SocketAddress(sa)) = &a.address else {
         return Err(ConfigError::new(path, "only socket_address is supported"));

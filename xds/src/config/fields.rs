@@ -32,107 +32,438 @@ const fn rule(
 
 /// The table. Keep it sorted by message name; the docs are generated from it.
 pub static RULES: &[Rule] = &[
-    rule("envoy.config.cluster.v3.Cluster", &[
-        "name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment",
-        "typed_extension_protocol_options", "least_request_lb_config", "dns_refresh_rate",
-        "dns_lookup_family", "respect_dns_ttl", "per_connection_buffer_limit_bytes",
-        "common_lb_config", "http2_protocol_options", "ignore_health_on_host_removal", "close_connections_on_host_health_failure",
-    ], &["alt_stat_name", "metadata", "track_timeout_budgets", "track_cluster_stats", "wait_for_warm_on_init"]),
-    rule("envoy.config.cluster.v3.Cluster.CommonLbConfig", &[], &["healthy_panic_threshold", "update_merge_window"]),
-    rule("envoy.config.cluster.v3.Cluster.EdsClusterConfig", &["eds_config", "service_name"], &[]),
-    rule("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count"], &[]),
+    rule(
+        "envoy.config.cluster.v3.Cluster",
+        &[
+            "name",
+            "type",
+            "eds_cluster_config",
+            "connect_timeout",
+            "lb_policy",
+            "load_assignment",
+            "typed_extension_protocol_options",
+            "least_request_lb_config",
+            "dns_refresh_rate",
+            "dns_lookup_family",
+            "common_lb_config",
+            "http2_protocol_options",
+        ],
+        &[
+            "alt_stat_name",
+            "metadata",
+            "track_timeout_budgets",
+            "track_cluster_stats",
+            "wait_for_warm_on_init",
+            "respect_dns_ttl",
+            "per_connection_buffer_limit_bytes",
+            "ignore_health_on_host_removal",
+            "close_connections_on_host_health_failure",
+        ],
+    ),
+    rule(
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig",
+        &[],
+        &["healthy_panic_threshold", "update_merge_window"],
+    ),
+    rule(
+        "envoy.config.cluster.v3.Cluster.EdsClusterConfig",
+        &["eds_config", "service_name"],
+        &[],
+    ),
+    rule(
+        "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
+        &["choice_count"],
+        &[],
+    ),
     rule("envoy.config.core.v3.Address", &["socket_address"], &[]),
-    rule("envoy.config.core.v3.ApiConfigSource", &[
-        "api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only",
-    ], &["refresh_delay", "request_timeout", "rate_limit_settings"]),
-    rule("envoy.config.core.v3.ConfigSource", &[
-        "ads", "api_config_source", "path_config_source", "resource_api_version", "initial_fetch_timeout", "path",
-    ], &["authorities"]),
-    rule("envoy.config.core.v3.GrpcService", &["envoy_grpc", "timeout"], &["initial_metadata"]),
-    rule("envoy.config.core.v3.GrpcService.EnvoyGrpc", &["cluster_name"], &["authority"]),
+    rule(
+        "envoy.config.core.v3.ApiConfigSource",
+        &[
+            "api_type",
+            "transport_api_version",
+            "grpc_services",
+            "set_node_on_first_message_only",
+        ],
+        &["refresh_delay", "request_timeout", "rate_limit_settings"],
+    ),
+    rule(
+        "envoy.config.core.v3.ConfigSource",
+        &[
+            "ads",
+            "api_config_source",
+            "path_config_source",
+            "resource_api_version",
+            "initial_fetch_timeout",
+            "path",
+        ],
+        &["authorities"],
+    ),
+    rule(
+        "envoy.config.core.v3.GrpcService",
+        &["envoy_grpc", "timeout"],
+        &["initial_metadata"],
+    ),
+    rule(
+        "envoy.config.core.v3.GrpcService.EnvoyGrpc",
+        &["cluster_name"],
+        &["authority"],
+    ),
     rule("envoy.config.core.v3.HeaderValue", &["key", "value"], &[]),
-    rule("envoy.config.core.v3.HeaderValueOption", &["header", "append", "append_action", "keep_empty_value"], &[]),
-    rule("envoy.config.core.v3.Http1ProtocolOptions", &[], &["header_key_format"]),
-    rule("envoy.config.core.v3.Http2ProtocolOptions", &[], &[
-        "max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
-        "connection_keepalive",
-    ]),
-    rule("envoy.config.core.v3.HttpProtocolOptions", &["idle_timeout", "max_headers_count", "max_stream_duration", "headers_with_underscores_action"], &[]),
-    rule("envoy.config.core.v3.SocketAddress", &["address", "port_value", "protocol"], &["ipv4_compat"]),
-    rule("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints", "policy"], &["named_endpoints"]),
-    rule("envoy.config.endpoint.v3.ClusterLoadAssignment.Policy", &[], &["overprovisioning_factor", "endpoint_stale_after", "weighted_priority_health"]),
-    rule("envoy.config.endpoint.v3.Endpoint", &["address"], &["hostname", "health_check_config"]),
-    rule("envoy.config.endpoint.v3.LbEndpoint", &["endpoint", "health_status", "load_balancing_weight"], &["metadata"]),
-    rule("envoy.config.endpoint.v3.LocalityLbEndpoints", &["lb_endpoints", "load_balancing_weight", "priority", "locality"], &["metadata"]),
-    rule("envoy.config.listener.v3.Filter", &["name", "typed_config"], &[]),
-    rule("envoy.config.listener.v3.FilterChain", &["filter_chain_match", "filters", "name"], &["metadata"]),
-    rule("envoy.config.listener.v3.FilterChainMatch", &[
-        "destination_port", "prefix_ranges", "source_prefix_ranges", "source_ports", "source_type",
-        "direct_source_prefix_ranges",
-    ], &[]),
-    rule("envoy.config.listener.v3.Listener", &[
-        "name", "address", "filter_chains", "default_filter_chain", "drain_type",
-        "per_connection_buffer_limit_bytes",
-    ], &["stat_prefix", "metadata", "traffic_direction", "listener_filters_timeout", "continue_on_listener_filters_timeout",
-        "enable_reuse_port", "ignore_global_conn_limit", "bind_to_port"]),
-    rule("envoy.config.route.v3.DirectResponseAction", &["status", "body"], &[]),
-    rule("envoy.config.route.v3.HeaderMatcher", &[
-        "name", "exact_match", "safe_regex_match", "range_match", "present_match", "prefix_match",
-        "suffix_match", "contains_match", "string_match", "invert_match", "treat_missing_header_as_empty",
-    ], &[]),
-    rule("envoy.config.route.v3.QueryParameterMatcher", &["name", "string_match", "present_match"], &[]),
-    rule("envoy.config.route.v3.RedirectAction", &[
-        "https_redirect", "scheme_redirect", "host_redirect", "port_redirect", "path_redirect",
-        "prefix_rewrite", "regex_rewrite", "response_code", "strip_query",
-    ], &[]),
-    rule("envoy.config.route.v3.RetryPolicy", &[
-        "retry_on", "num_retries", "per_try_timeout", "retry_back_off", "retriable_status_codes",
-    ], &["host_selection_retry_max_attempts"]),
-    rule("envoy.config.route.v3.RetryPolicy.RetryBackOff", &["base_interval", "max_interval"], &[]),
-    rule("envoy.config.route.v3.Route", &[
-        "name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
-        "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
-    ], &["metadata", "decorator", "stat_prefix"]),
-    rule("envoy.config.route.v3.RouteAction", &[
-        "cluster", "weighted_clusters", "cluster_header", "cluster_not_found_response_code",
-        "prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite",
-        "host_rewrite_header", "timeout", "idle_timeout", "retry_policy", "request_mirror_policies",
-    ], &["max_grpc_timeout", "grpc_timeout_offset"]),
-    rule("envoy.config.route.v3.RouteAction.RequestMirrorPolicy", &["cluster", "runtime_fraction"], &[]),
-    rule("envoy.config.route.v3.RouteConfiguration", &[
-        "name", "virtual_hosts", "request_headers_to_add", "request_headers_to_remove",
-        "response_headers_to_add", "response_headers_to_remove", "validate_clusters",
-        "most_specific_header_mutations_wins",
-    ], &["internal_only_headers", "max_direct_response_body_size_bytes", "metadata"]),
-    rule("envoy.config.route.v3.RouteMatch", &[
-        "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers",
-        "query_parameters", "grpc", "runtime_fraction",
-    ], &[]),
-    rule("envoy.config.route.v3.VirtualHost", &[
-        "name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove",
-        "response_headers_to_add", "response_headers_to_remove",
-    ], &["metadata", "virtual_clusters", "include_request_attempt_count", "include_attempt_count_in_response"]),
-    rule("envoy.config.route.v3.WeightedCluster", &["clusters", "total_weight"], &["runtime_key_prefix"]),
-    rule("envoy.config.route.v3.WeightedCluster.ClusterWeight", &[
-        "name", "weight", "request_headers_to_add", "request_headers_to_remove",
-        "response_headers_to_add", "response_headers_to_remove",
-    ], &["metadata_match"]),
-    rule("envoy.extensions.filters.http.router.v3.Router", &[], &["dynamic_stats", "start_child_span", "suppress_envoy_headers"]),
-    rule("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", &[
-        "codec_type", "stat_prefix", "rds", "route_config", "http_filters", "server_name",
-        "server_header_transformation", "use_remote_address", "xff_num_trusted_hops",
-        "generate_request_id", "normalize_path", "merge_slashes", "request_timeout",
-        "stream_idle_timeout", "common_http_protocol_options", "max_request_headers_kb",
-        "request_headers_timeout", "http_protocol_options", "http2_protocol_options",
-        "drain_timeout", "delayed_close_timeout", "preserve_external_request_id",
-        "always_set_request_id_in_response", "skip_xff_append", "via",
-    ], &["access_log", "tracing", "internal_address_config", "add_user_agent"]),
-    rule("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter", &["name", "typed_config", "is_optional", "disabled"], &[]),
-    rule("envoy.extensions.filters.network.http_connection_manager.v3.Rds", &["config_source", "route_config_name"], &[]),
-    rule("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", &["explicit_http_config", "common_http_protocol_options"], &[]),
-    rule("envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig", &["http_protocol_options", "http2_protocol_options"], &[]),
-    rule("envoy.type.matcher.v3.RegexMatcher", &["google_re2", "regex"], &[]),
-    rule("envoy.type.matcher.v3.StringMatcher", &["exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"], &[]),
+    rule(
+        "envoy.config.core.v3.HeaderValueOption",
+        &["header", "append", "append_action", "keep_empty_value"],
+        &[],
+    ),
+    rule(
+        "envoy.config.core.v3.Http1ProtocolOptions",
+        &[],
+        &["header_key_format"],
+    ),
+    rule(
+        "envoy.config.core.v3.Http2ProtocolOptions",
+        &[],
+        &[
+            "max_concurrent_streams",
+            "initial_stream_window_size",
+            "initial_connection_window_size",
+            "connection_keepalive",
+        ],
+    ),
+    rule(
+        "envoy.config.core.v3.HttpProtocolOptions",
+        &[
+            "idle_timeout",
+            "max_headers_count",
+            "headers_with_underscores_action",
+        ],
+        &[],
+    ),
+    rule(
+        "envoy.config.core.v3.SocketAddress",
+        &["address", "port_value", "protocol"],
+        &["ipv4_compat"],
+    ),
+    rule(
+        "envoy.config.endpoint.v3.ClusterLoadAssignment",
+        &["cluster_name", "endpoints", "policy"],
+        &["named_endpoints"],
+    ),
+    rule(
+        "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy",
+        &[],
+        &[
+            "overprovisioning_factor",
+            "endpoint_stale_after",
+            "weighted_priority_health",
+        ],
+    ),
+    rule(
+        "envoy.config.endpoint.v3.Endpoint",
+        &["address"],
+        &["hostname", "health_check_config"],
+    ),
+    rule(
+        "envoy.config.endpoint.v3.LbEndpoint",
+        &["endpoint", "health_status", "load_balancing_weight"],
+        &["metadata"],
+    ),
+    rule(
+        "envoy.config.endpoint.v3.LocalityLbEndpoints",
+        &[
+            "lb_endpoints",
+            "load_balancing_weight",
+            "priority",
+            "locality",
+        ],
+        &["metadata"],
+    ),
+    rule(
+        "envoy.config.listener.v3.Filter",
+        &["name", "typed_config"],
+        &[],
+    ),
+    rule(
+        "envoy.config.listener.v3.FilterChain",
+        &["filter_chain_match", "filters", "name"],
+        &["metadata"],
+    ),
+    rule(
+        "envoy.config.listener.v3.FilterChainMatch",
+        &[
+            "destination_port",
+            "prefix_ranges",
+            "source_prefix_ranges",
+            "source_ports",
+            "source_type",
+            "direct_source_prefix_ranges",
+        ],
+        &[],
+    ),
+    rule(
+        "envoy.config.listener.v3.Listener",
+        &[
+            "name",
+            "address",
+            "filter_chains",
+            "default_filter_chain",
+            "drain_type",
+        ],
+        &[
+            "per_connection_buffer_limit_bytes",
+            "stat_prefix",
+            "metadata",
+            "traffic_direction",
+            "listener_filters_timeout",
+            "continue_on_listener_filters_timeout",
+            "enable_reuse_port",
+            "ignore_global_conn_limit",
+            "bind_to_port",
+        ],
+    ),
+    rule(
+        "envoy.config.route.v3.DirectResponseAction",
+        &["status", "body"],
+        &[],
+    ),
+    rule(
+        "envoy.config.route.v3.HeaderMatcher",
+        &[
+            "name",
+            "exact_match",
+            "safe_regex_match",
+            "range_match",
+            "present_match",
+            "prefix_match",
+            "suffix_match",
+            "contains_match",
+            "string_match",
+            "invert_match",
+            "treat_missing_header_as_empty",
+        ],
+        &[],
+    ),
+    rule(
+        "envoy.config.route.v3.QueryParameterMatcher",
+        &["name", "string_match", "present_match"],
+        &[],
+    ),
+    rule(
+        "envoy.config.route.v3.RedirectAction",
+        &[
+            "https_redirect",
+            "scheme_redirect",
+            "host_redirect",
+            "port_redirect",
+            "path_redirect",
+            "prefix_rewrite",
+            "regex_rewrite",
+            "response_code",
+            "strip_query",
+        ],
+        &[],
+    ),
+    rule(
+        "envoy.config.route.v3.RetryPolicy",
+        &[
+            "retry_on",
+            "num_retries",
+            "per_try_timeout",
+            "retry_back_off",
+            "retriable_status_codes",
+        ],
+        &["host_selection_retry_max_attempts"],
+    ),
+    rule(
+        "envoy.config.route.v3.RetryPolicy.RetryBackOff",
+        &["base_interval", "max_interval"],
+        &[],
+    ),
+    rule(
+        "envoy.config.route.v3.Route",
+        &[
+            "name",
+            "match",
+            "route",
+            "redirect",
+            "direct_response",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
+        &["metadata", "decorator", "stat_prefix"],
+    ),
+    rule(
+        "envoy.config.route.v3.RouteAction",
+        &[
+            "cluster",
+            "weighted_clusters",
+            "cluster_header",
+            "cluster_not_found_response_code",
+            "prefix_rewrite",
+            "regex_rewrite",
+            "host_rewrite_literal",
+            "auto_host_rewrite",
+            "host_rewrite_header",
+            "timeout",
+            "idle_timeout",
+            "retry_policy",
+            "request_mirror_policies",
+        ],
+        &["max_grpc_timeout", "grpc_timeout_offset"],
+    ),
+    rule(
+        "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
+        &["cluster", "runtime_fraction"],
+        &[],
+    ),
+    rule(
+        "envoy.config.route.v3.RouteConfiguration",
+        &[
+            "name",
+            "virtual_hosts",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+            "most_specific_header_mutations_wins",
+        ],
+        &[
+            "internal_only_headers",
+            "max_direct_response_body_size_bytes",
+            "metadata",
+        ],
+    ),
+    rule(
+        "envoy.config.route.v3.RouteMatch",
+        &[
+            "prefix",
+            "path",
+            "safe_regex",
+            "path_separated_prefix",
+            "case_sensitive",
+            "headers",
+            "query_parameters",
+            "grpc",
+            "runtime_fraction",
+        ],
+        &[],
+    ),
+    rule(
+        "envoy.config.route.v3.VirtualHost",
+        &[
+            "name",
+            "domains",
+            "routes",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
+        &[
+            "metadata",
+            "virtual_clusters",
+            "include_request_attempt_count",
+            "include_attempt_count_in_response",
+        ],
+    ),
+    rule(
+        "envoy.config.route.v3.WeightedCluster",
+        &["clusters", "total_weight"],
+        &["runtime_key_prefix"],
+    ),
+    rule(
+        "envoy.config.route.v3.WeightedCluster.ClusterWeight",
+        &[
+            "name",
+            "weight",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
+        &["metadata_match"],
+    ),
+    rule(
+        "envoy.extensions.filters.http.router.v3.Router",
+        &[],
+        &[
+            "dynamic_stats",
+            "start_child_span",
+            "suppress_envoy_headers",
+        ],
+    ),
+    rule(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        &[
+            "codec_type",
+            "stat_prefix",
+            "rds",
+            "route_config",
+            "http_filters",
+            "server_name",
+            "server_header_transformation",
+            "use_remote_address",
+            "xff_num_trusted_hops",
+            "generate_request_id",
+            "normalize_path",
+            "merge_slashes",
+            "stream_idle_timeout",
+            "common_http_protocol_options",
+            "max_request_headers_kb",
+            "http_protocol_options",
+            "http2_protocol_options",
+            "preserve_external_request_id",
+            "always_set_request_id_in_response",
+            "skip_xff_append",
+            "via",
+        ],
+        &[
+            "access_log",
+            "tracing",
+            "internal_address_config",
+            "add_user_agent",
+            "drain_timeout",
+            "delayed_close_timeout",
+        ],
+    ),
+    rule(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+        &["name", "typed_config", "is_optional", "disabled"],
+        &[],
+    ),
+    rule(
+        "envoy.extensions.filters.network.http_connection_manager.v3.Rds",
+        &["config_source", "route_config_name"],
+        &[],
+    ),
+    rule(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        &["explicit_http_config", "common_http_protocol_options"],
+        &[],
+    ),
+    rule(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
+        &["http_protocol_options", "http2_protocol_options"],
+        &[],
+    ),
+    rule(
+        "envoy.type.matcher.v3.RegexMatcher",
+        &["google_re2", "regex"],
+        &[],
+    ),
+    rule(
+        "envoy.type.matcher.v3.StringMatcher",
+        &[
+            "exact",
+            "prefix",
+            "suffix",
+            "safe_regex",
+            "contains",
+            "ignore_case",
+        ],
+        &[],
+    ),
 ];
 
 fn rule_for(name: &str) -> Option<&'static Rule> {
@@ -211,7 +542,10 @@ fn walk_any(msg: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
         .get_field_by_name("value")
         .and_then(|v| v.as_bytes().cloned())
         .unwrap_or_default();
-    let name = type_url.rsplit_once('/').map(|(_, n)| n).unwrap_or(&type_url);
+    let name = type_url
+        .rsplit_once('/')
+        .map(|(_, n)| n)
+        .unwrap_or(&type_url);
     let Some(desc) = sentinel_proto::pool().get_message_by_name(name) else {
         return Err(ConfigError::new(path, format!("unknown type {type_url}")));
     };
@@ -230,7 +564,10 @@ pub fn markdown_table() -> String {
             if f.is_empty() {
                 "—".to_string()
             } else {
-                f.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+                f.iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         };
         out.push_str(&format!(
@@ -250,14 +587,22 @@ mod tests {
     #[test]
     fn table_is_sorted_and_names_real_fields() {
         for pair in RULES.windows(2) {
-            assert!(pair[0].message < pair[1].message, "{} out of order", pair[1].message);
+            assert!(
+                pair[0].message < pair[1].message,
+                "{} out of order",
+                pair[1].message
+            );
         }
         for r in RULES {
             let desc = sentinel_proto::pool()
                 .get_message_by_name(r.message)
                 .unwrap_or_else(|| panic!("{} is not an Envoy message", r.message));
             for f in r.supported.iter().chain(r.ignored) {
-                assert!(desc.get_field_by_name(f).is_some(), "{}.{f} does not exist", r.message);
+                assert!(
+                    desc.get_field_by_name(f).is_some(),
+                    "{}.{f} does not exist",
+                    r.message
+                );
             }
         }
     }

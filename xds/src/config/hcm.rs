@@ -30,7 +30,10 @@ pub enum ServerHeader {
 #[derive(Debug, Clone)]
 pub enum RouteSource {
     /// RDS: the route configuration of this name; `ads` says whether it rides the ADS stream.
-    Rds { name: String, source: super::listener::ConfigSourceRef },
+    Rds {
+        name: String,
+        source: super::listener::ConfigSourceRef,
+    },
     Inline(Arc<RouteConfig>),
 }
 
@@ -57,12 +60,8 @@ pub struct HttpConnectionManager {
     pub always_set_request_id_in_response: bool,
     pub normalize_path: bool,
     pub merge_slashes: bool,
-    pub request_timeout: Option<Duration>,
-    pub request_headers_timeout: Option<Duration>,
     pub stream_idle_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
-    pub max_stream_duration: Option<Duration>,
-    pub drain_timeout: Duration,
     pub max_request_headers_kb: u32,
     pub max_headers_count: u32,
     /// `headers_with_underscores_action`: REJECT_REQUEST answers 400.
@@ -77,7 +76,12 @@ impl HttpConnectionManager {
             Ok(CodecType::Auto) => Codec::Auto,
             Ok(CodecType::Http1) => Codec::Http1,
             Ok(CodecType::Http2) => Codec::Http2,
-            _ => return Err(ConfigError::new("codec_type", "only AUTO, HTTP1 and HTTP2 are supported")),
+            _ => {
+                return Err(ConfigError::new(
+                    "codec_type",
+                    "only AUTO, HTTP1 and HTTP2 are supported",
+                ))
+            }
         };
         let routes = match &h.route_specifier {
             Some(RouteSpecifier::Rds(rds)) => {
@@ -94,10 +98,15 @@ impl HttpConnectionManager {
                         .map_err(|e| e.within("rds.config_source"))?,
                 }
             }
-            Some(RouteSpecifier::RouteConfig(rc)) => {
-                RouteSource::Inline(Arc::new(RouteConfig::from_proto(rc).map_err(|e| e.within("route_config"))?))
+            Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Inline(Arc::new(
+                RouteConfig::from_proto(rc).map_err(|e| e.within("route_config"))?,
+            )),
+            _ => {
+                return Err(ConfigError::new(
+                    "route_specifier",
+                    "rds or route_config is required",
+                ))
             }
-            _ => return Err(ConfigError::new("route_specifier", "rds or route_config is required")),
         };
         let mut http_filters = Vec::new();
         for (i, f) in h.http_filters.iter().enumerate() {
@@ -106,13 +115,18 @@ impl HttpConnectionManager {
                 continue;
             }
             let type_name = match &f.config_type {
-                Some(pb::http_filter::ConfigType::TypedConfig(any)) => {
-                    any.type_url.rsplit('/').next().unwrap_or_default().to_string()
-                }
+                Some(pb::http_filter::ConfigType::TypedConfig(any)) => any
+                    .type_url
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
                 None => String::new(),
                 Some(_) => return Err(ConfigError::new(path, "config_discovery is not supported")),
             };
-            if type_name == ROUTER_TYPE || (type_name.is_empty() && f.name == "envoy.filters.http.router") {
+            if type_name == ROUTER_TYPE
+                || (type_name.is_empty() && f.name == "envoy.filters.http.router")
+            {
                 http_filters.push(HttpFilter::Router);
             } else if f.is_optional {
                 tracing::info!(filter = %f.name, "skipping optional HTTP filter that Sentinel does not implement");
@@ -124,25 +138,36 @@ impl HttpConnectionManager {
             }
         }
         if http_filters.last() != Some(&HttpFilter::Router) {
-            return Err(ConfigError::new("http_filters", "the router filter must be the last filter"));
+            return Err(ConfigError::new(
+                "http_filters",
+                "the router filter must be the last filter",
+            ));
         }
         let common = h.common_http_protocol_options.as_ref();
         let underscores = common.map_or(0, |c| c.headers_with_underscores_action);
-        let server_header = match ServerHeaderTransformation::try_from(h.server_header_transformation) {
-            Ok(ServerHeaderTransformation::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
-            Ok(ServerHeaderTransformation::PassThrough) => ServerHeader::PassThrough,
-            _ => ServerHeader::Overwrite,
-        };
+        let server_header =
+            match ServerHeaderTransformation::try_from(h.server_header_transformation) {
+                Ok(ServerHeaderTransformation::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
+                Ok(ServerHeaderTransformation::PassThrough) => ServerHeader::PassThrough,
+                _ => ServerHeader::Overwrite,
+            };
         let max_request_headers_kb = h.max_request_headers_kb.as_ref().map_or(60, |v| v.value);
         if !(1..=8192).contains(&max_request_headers_kb) {
-            return Err(ConfigError::new("max_request_headers_kb", "must be in 1..8192"));
+            return Err(ConfigError::new(
+                "max_request_headers_kb",
+                "must be in 1..8192",
+            ));
         }
         Ok(Self {
             stat_prefix: h.stat_prefix.clone(),
             codec,
             routes,
             http_filters,
-            server_name: if h.server_name.is_empty() { "envoy".into() } else { h.server_name.clone() },
+            server_name: if h.server_name.is_empty() {
+                "envoy".into()
+            } else {
+                h.server_name.clone()
+            },
             server_header,
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
             xff_num_trusted_hops: h.xff_num_trusted_hops,
@@ -153,23 +178,20 @@ impl HttpConnectionManager {
             always_set_request_id_in_response: h.always_set_request_id_in_response,
             normalize_path: h.normalize_path.as_ref().is_some_and(|b| b.value),
             merge_slashes: h.merge_slashes,
-            request_timeout: timeout_or(h.request_timeout.as_ref(), None, "request_timeout")?,
-            request_headers_timeout: timeout_or(h.request_headers_timeout.as_ref(), None, "request_headers_timeout")?,
-            stream_idle_timeout: timeout_or(h.stream_idle_timeout.as_ref(), Some(Duration::from_secs(300)), "stream_idle_timeout")?,
+            stream_idle_timeout: timeout_or(
+                h.stream_idle_timeout.as_ref(),
+                Some(Duration::from_secs(300)),
+                "stream_idle_timeout",
+            )?,
             idle_timeout: timeout_or(
                 common.and_then(|c| c.idle_timeout.as_ref()),
                 Some(Duration::from_secs(3600)),
                 "common_http_protocol_options.idle_timeout",
             )?,
-            max_stream_duration: timeout_or(
-                common.and_then(|c| c.max_stream_duration.as_ref()),
-                None,
-                "common_http_protocol_options.max_stream_duration",
-            )?,
-            drain_timeout: timeout_or(h.drain_timeout.as_ref(), Some(Duration::from_secs(5)), "drain_timeout")?
-                .unwrap_or_default(),
             max_request_headers_kb,
-            max_headers_count: common.and_then(|c| c.max_headers_count.as_ref()).map_or(100, |v| v.value),
+            max_headers_count: common
+                .and_then(|c| c.max_headers_count.as_ref())
+                .map_or(100, |v| v.value),
             reject_underscore_headers: underscores == 1,
             drop_underscore_headers: underscores == 2,
         })

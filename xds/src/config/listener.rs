@@ -53,15 +53,25 @@ impl ConfigSourceRef {
                     .grpc_services
                     .first()
                     .and_then(|g| match &g.target_specifier {
-                        Some(core_pb::grpc_service::TargetSpecifier::EnvoyGrpc(e)) => Some(e.cluster_name.clone()),
+                        Some(core_pb::grpc_service::TargetSpecifier::EnvoyGrpc(e)) => {
+                            Some(e.cluster_name.clone())
+                        }
                         _ => None,
                     })
                     .ok_or_else(|| {
-                        ConfigError::new("api_config_source.grpc_services", "one envoy_grpc service is required")
+                        ConfigError::new(
+                            "api_config_source.grpc_services",
+                            "one envoy_grpc service is required",
+                        )
                     })?;
                 SourceKind::Grpc { cluster, delta }
             }
-            _ => return Err(ConfigError::new("config_source_specifier", "ads, api_config_source or path_config_source is required")),
+            _ => {
+                return Err(ConfigError::new(
+                    "config_source_specifier",
+                    "ads, api_config_source or path_config_source is required",
+                ))
+            }
         };
         Ok(Self {
             kind,
@@ -82,16 +92,21 @@ pub struct CidrRange {
 
 impl CidrRange {
     fn from_proto(c: &core_pb::CidrRange, path: &str) -> Result<Self> {
-        let addr: IpAddr = c
-            .address_prefix
-            .parse()
-            .map_err(|_| ConfigError::new(path, format!("'{}' is not an IP address", c.address_prefix)))?;
+        let addr: IpAddr = c.address_prefix.parse().map_err(|_| {
+            ConfigError::new(path, format!("'{}' is not an IP address", c.address_prefix))
+        })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = c.prefix_len.as_ref().map_or(max, |v| v.value);
         if len > max {
-            return Err(ConfigError::new(path, format!("prefix_len {len} is too long")));
+            return Err(ConfigError::new(
+                path,
+                format!("prefix_len {len} is too long"),
+            ));
         }
-        Ok(Self { addr, len: len as u8 })
+        Ok(Self {
+            addr,
+            len: len as u8,
+        })
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -147,12 +162,20 @@ impl FilterChainMatch {
         let destination_port = match m.destination_port.as_ref().map(|p| p.value) {
             None => None,
             Some(p @ 1..=65535) => Some(p as u16),
-            Some(p) => return Err(ConfigError::new("destination_port", format!("{p} is not a port"))),
+            Some(p) => {
+                return Err(ConfigError::new(
+                    "destination_port",
+                    format!("{p} is not a port"),
+                ))
+            }
         };
         Ok(Self {
             destination_port,
             prefix_ranges: ranges(&m.prefix_ranges, "prefix_ranges")?,
-            direct_source_prefix_ranges: ranges(&m.direct_source_prefix_ranges, "direct_source_prefix_ranges")?,
+            direct_source_prefix_ranges: ranges(
+                &m.direct_source_prefix_ranges,
+                "direct_source_prefix_ranges",
+            )?,
             source_type: match m.source_type {
                 1 => SourceType::SameIpOrLoopback,
                 2 => SourceType::External,
@@ -162,7 +185,10 @@ impl FilterChainMatch {
             source_ports: m
                 .source_ports
                 .iter()
-                .map(|p| u16::try_from(*p).map_err(|_| ConfigError::new("source_ports", format!("{p} is not a port"))))
+                .map(|p| {
+                    u16::try_from(*p)
+                        .map_err(|_| ConfigError::new("source_ports", format!("{p} is not a port")))
+                })
                 .collect::<Result<_>>()?,
         })
     }
@@ -177,23 +203,34 @@ pub struct FilterChain {
 
 impl FilterChain {
     fn from_proto(fc: &pb::FilterChain) -> Result<Self> {
-        let matcher = FilterChainMatch::from_proto(fc.filter_chain_match.as_ref()).map_err(|e| e.within("filter_chain_match"))?;
+        let matcher = FilterChainMatch::from_proto(fc.filter_chain_match.as_ref())
+            .map_err(|e| e.within("filter_chain_match"))?;
         if fc.transport_socket.is_some() {
-            return Err(ConfigError::new("transport_socket", "TLS is not supported yet"));
+            return Err(ConfigError::new(
+                "transport_socket",
+                "TLS is not supported yet",
+            ));
         }
         let [filter] = fc.filters.as_slice() else {
-            return Err(ConfigError::new("filters", "exactly one network filter (http_connection_manager) is required"));
+            return Err(ConfigError::new(
+                "filters",
+                "exactly one network filter (http_connection_manager) is required",
+            ));
         };
         let hcm = match &filter.config_type {
             Some(pb::filter::ConfigType::TypedConfig(any)) if any.type_url.ends_with(HCM_TYPE) => {
                 let h: hcm_pb::HttpConnectionManager = sentinel_proto::from_any(any)
                     .map_err(|e| ConfigError::new("filters[0].typed_config", e.to_string()))?;
-                HttpConnectionManager::from_proto(&h).map_err(|e| e.within("filters[0].typed_config"))?
+                HttpConnectionManager::from_proto(&h)
+                    .map_err(|e| e.within("filters[0].typed_config"))?
             }
             _ => {
                 return Err(ConfigError::new(
                     "filters[0]",
-                    format!("network filter '{}' is not supported (only http_connection_manager)", filter.name),
+                    format!(
+                        "network filter '{}' is not supported (only http_connection_manager)",
+                        filter.name
+                    ),
                 ))
             }
         };
@@ -226,12 +263,19 @@ impl Listener {
         if l.name.is_empty() {
             return Err(ConfigError::new("name", "listener name is required"));
         }
-        let address = socket_addr(l.address.as_ref().ok_or_else(|| ConfigError::new("address", "required"))?, "address")?;
+        let address = socket_addr(
+            l.address
+                .as_ref()
+                .ok_or_else(|| ConfigError::new("address", "required"))?,
+            "address",
+        )?;
         let filter_chains = l
             .filter_chains
             .iter()
             .enumerate()
-            .map(|(i, fc)| FilterChain::from_proto(fc).map_err(|e| e.within(&format!("filter_chains[{i}]"))))
+            .map(|(i, fc)| {
+                FilterChain::from_proto(fc).map_err(|e| e.within(&format!("filter_chains[{i}]")))
+            })
             .collect::<Result<Vec<_>>>()?;
         for (i, fc) in filter_chains.iter().enumerate() {
             if filter_chains[..i].iter().any(|o| o.matcher == fc.matcher) {
@@ -247,23 +291,36 @@ impl Listener {
             .map(|fc| FilterChain::from_proto(fc).map_err(|e| e.within("default_filter_chain")))
             .transpose()?;
         if filter_chains.is_empty() && default_filter_chain.is_none() {
-            return Err(ConfigError::new("filter_chains", "at least one filter chain is required"));
+            return Err(ConfigError::new(
+                "filter_chains",
+                "at least one filter chain is required",
+            ));
         }
         Ok(Self {
             name: l.name.clone(),
             address,
             filter_chains,
             default_filter_chain,
-            drain_type: if l.drain_type == 1 { DrainType::ModifyOnly } else { DrainType::Default },
-            buffer_limit: l.per_connection_buffer_limit_bytes.as_ref().map_or(1 << 20, |v| v.value),
+            drain_type: if l.drain_type == 1 {
+                DrainType::ModifyOnly
+            } else {
+                DrainType::Default
+            },
+            buffer_limit: l
+                .per_connection_buffer_limit_bytes
+                .as_ref()
+                .map_or(1 << 20, |v| v.value),
         })
     }
 
     /// Every route configuration name this listener waits for, with its source.
     pub fn rds_names(&self) -> impl Iterator<Item = (&str, &ConfigSourceRef)> {
-        self.filter_chains.iter().chain(&self.default_filter_chain).filter_map(|fc| match &fc.hcm.routes {
-            super::hcm::RouteSource::Rds { name, source } => Some((name.as_str(), source)),
-            _ => None,
-        })
+        self.filter_chains
+            .iter()
+            .chain(&self.default_filter_chain)
+            .filter_map(|fc| match &fc.hcm.routes {
+                super::hcm::RouteSource::Rds { name, source } => Some((name.as_str(), source)),
+                _ => None,
+            })
     }
 }

@@ -55,8 +55,12 @@ impl StringMatcher {
             Some(P::Prefix(s)) => StringMatch::Prefix(lower(s)),
             Some(P::Suffix(s)) => StringMatch::Suffix(lower(s)),
             Some(P::Contains(s)) => StringMatch::Contains(lower(s)),
-            Some(P::SafeRegex(r)) => StringMatch::Regex(full_regex(r, &format!("{path}.safe_regex"))?),
-            Some(P::Custom(_)) => return Err(ConfigError::new(path, "custom matchers are not supported")),
+            Some(P::SafeRegex(r)) => {
+                StringMatch::Regex(full_regex(r, &format!("{path}.safe_regex"))?)
+            }
+            Some(P::Custom(_)) => {
+                return Err(ConfigError::new(path, "custom matchers are not supported"))
+            }
             None => return Err(ConfigError::new(path, "match_pattern is required")),
         };
         Ok(Self {
@@ -107,7 +111,10 @@ impl HeaderMatcher {
     pub fn from_proto(m: &route_pb::HeaderMatcher, path: &str) -> Result<Self> {
         use route_pb::header_matcher::HeaderMatchSpecifier as S;
         if m.name.is_empty() {
-            return Err(ConfigError::new(format!("{path}.name"), "header name is required"));
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                "header name is required",
+            ));
         }
         let plain = |kind| StringMatcher {
             kind,
@@ -120,15 +127,17 @@ impl HeaderMatcher {
             Some(S::ExactMatch(s)) => HeaderMatch::String(plain(StringMatch::Exact(s.clone()))),
             Some(S::PrefixMatch(s)) => HeaderMatch::String(plain(StringMatch::Prefix(s.clone()))),
             Some(S::SuffixMatch(s)) => HeaderMatch::String(plain(StringMatch::Suffix(s.clone()))),
-            Some(S::ContainsMatch(s)) => HeaderMatch::String(plain(StringMatch::Contains(s.clone()))),
-            Some(S::SafeRegexMatch(r)) => HeaderMatch::String(plain(StringMatch::Regex(full_regex(
-                r,
-                &format!("{path}.safe_regex_match"),
-            )?))),
-            Some(S::RangeMatch(r)) => HeaderMatch::Range(r.start, r.end),
-            Some(S::StringMatch(s)) => {
-                HeaderMatch::String(StringMatcher::from_proto(s, &format!("{path}.string_match"))?)
+            Some(S::ContainsMatch(s)) => {
+                HeaderMatch::String(plain(StringMatch::Contains(s.clone())))
             }
+            Some(S::SafeRegexMatch(r)) => HeaderMatch::String(plain(StringMatch::Regex(
+                full_regex(r, &format!("{path}.safe_regex_match"))?,
+            ))),
+            Some(S::RangeMatch(r)) => HeaderMatch::Range(r.start, r.end),
+            Some(S::StringMatch(s)) => HeaderMatch::String(StringMatcher::from_proto(
+                s,
+                &format!("{path}.string_match"),
+            )?),
         };
         Ok(Self {
             name: m.name.to_ascii_lowercase(),
@@ -169,10 +178,16 @@ impl QueryMatcher {
     pub fn from_proto(m: &route_pb::QueryParameterMatcher, path: &str) -> Result<Self> {
         use route_pb::query_parameter_matcher::QueryParameterMatchSpecifier as S;
         let value = match &m.query_parameter_match_specifier {
-            Some(S::StringMatch(s)) => Some(StringMatcher::from_proto(s, &format!("{path}.string_match"))?),
+            Some(S::StringMatch(s)) => Some(StringMatcher::from_proto(
+                s,
+                &format!("{path}.string_match"),
+            )?),
             Some(S::PresentMatch(true)) | None => None,
             Some(S::PresentMatch(false)) => {
-                return Err(ConfigError::new(format!("{path}.present_match"), "must be true"))
+                return Err(ConfigError::new(
+                    format!("{path}.present_match"),
+                    "must be true",
+                ))
             }
         };
         Ok(Self {

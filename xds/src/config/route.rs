@@ -81,7 +81,9 @@ impl Template {
             rest = &rest[end + 1..];
             let part = match var {
                 "DOWNSTREAM_REMOTE_ADDRESS" => Part::DownstreamRemoteAddress,
-                "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Part::DownstreamRemoteAddressWithoutPort,
+                "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
+                    Part::DownstreamRemoteAddressWithoutPort
+                }
                 "DOWNSTREAM_LOCAL_ADDRESS" => Part::DownstreamLocalAddress,
                 "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Part::DownstreamLocalAddressWithoutPort,
                 "PROTOCOL" => Part::Protocol,
@@ -89,11 +91,18 @@ impl Template {
                 "HOSTNAME" => Part::Hostname,
                 v if v.starts_with("REQ(") && v.ends_with(')') => {
                     let name = &v[4..v.len() - 1];
-                    Part::RequestHeader(http::HeaderName::try_from(name.to_ascii_lowercase()).map_err(
-                        |_| ConfigError::new(path, format!("invalid header name in %{v}%")),
-                    )?)
+                    Part::RequestHeader(
+                        http::HeaderName::try_from(name.to_ascii_lowercase()).map_err(|_| {
+                            ConfigError::new(path, format!("invalid header name in %{v}%"))
+                        })?,
+                    )
                 }
-                v => return Err(ConfigError::new(path, format!("unsupported variable %{v}%"))),
+                v => {
+                    return Err(ConfigError::new(
+                        path,
+                        format!("unsupported variable %{v}%"),
+                    ))
+                }
             };
             if !lit.is_empty() {
                 parts.push(Part::Literal(std::mem::take(&mut lit)));
@@ -109,7 +118,6 @@ impl Template {
 }
 
 impl HeaderMutations {
-    #[allow(clippy::too_many_arguments)]
     fn from_proto(
         req_add: &[core_pb::HeaderValueOption],
         req_remove: &[String],
@@ -129,7 +137,10 @@ impl HeaderMutations {
                 .map(|(i, n)| {
                     let n = n.to_ascii_lowercase();
                     if n.starts_with(':') || n == "host" {
-                        Err(ConfigError::new(format!("{field}[{i}]"), "pseudo-headers and host cannot be removed"))
+                        Err(ConfigError::new(
+                            format!("{field}[{i}]"),
+                            "pseudo-headers and host cannot be removed",
+                        ))
                     } else {
                         Ok(n)
                     }
@@ -150,20 +161,35 @@ fn header_add(o: &core_pb::HeaderValueOption, path: &str) -> Result<HeaderAdd> {
         .header
         .as_ref()
         .ok_or_else(|| ConfigError::new(format!("{path}.header"), "required"))?;
-    let name = http::HeaderName::try_from(h.key.to_ascii_lowercase())
-        .map_err(|_| ConfigError::new(format!("{path}.header.key"), format!("invalid header name '{}'", h.key)))?;
+    let name = http::HeaderName::try_from(h.key.to_ascii_lowercase()).map_err(|_| {
+        ConfigError::new(
+            format!("{path}.header.key"),
+            format!("invalid header name '{}'", h.key),
+        )
+    })?;
     if h.key.starts_with(':') || name == http::header::HOST {
-        return Err(ConfigError::new(format!("{path}.header.key"), "pseudo-headers and host cannot be set"));
+        return Err(ConfigError::new(
+            format!("{path}.header.key"),
+            "pseudo-headers and host cannot be set",
+        ));
     }
     use core_pb::header_value_option::HeaderAppendAction as A;
-    let action = match (o.append.as_ref().map(|b| b.value), A::try_from(o.append_action)) {
+    let action = match (
+        o.append.as_ref().map(|b| b.value),
+        A::try_from(o.append_action),
+    ) {
         (Some(true), _) => AppendAction::AppendIfExistsOrAdd,
         (Some(false), _) => AppendAction::OverwriteIfExistsOrAdd,
         (None, Ok(A::AppendIfExistsOrAdd)) => AppendAction::AppendIfExistsOrAdd,
         (None, Ok(A::AddIfAbsent)) => AppendAction::AddIfAbsent,
         (None, Ok(A::OverwriteIfExistsOrAdd)) => AppendAction::OverwriteIfExistsOrAdd,
         (None, Ok(A::OverwriteIfExists)) => AppendAction::OverwriteIfExists,
-        (None, Err(_)) => return Err(ConfigError::new(format!("{path}.append_action"), "unknown action")),
+        (None, Err(_)) => {
+            return Err(ConfigError::new(
+                format!("{path}.append_action"),
+                "unknown action",
+            ))
+        }
     };
     Ok(HeaderAdd {
         name,
@@ -213,13 +239,19 @@ pub struct RouteMatch {
 pub enum Action {
     Forward(Arc<RouteAction>),
     Redirect(Redirect),
-    Direct { status: u16, body: Option<bytes::Bytes> },
+    Direct {
+        status: u16,
+        body: Option<bytes::Bytes>,
+    },
 }
 
 #[derive(Debug, Clone)]
 pub enum ClusterSpecifier {
     Cluster(String),
-    Weighted { clusters: Vec<WeightedCluster>, total: u64 },
+    Weighted {
+        clusters: Vec<WeightedCluster>,
+        total: u64,
+    },
     Header(http::HeaderName),
 }
 
@@ -297,7 +329,9 @@ impl RouteConfig {
             .virtual_hosts
             .iter()
             .enumerate()
-            .map(|(i, vh)| VirtualHost::from_proto(vh).map_err(|e| e.within(&format!("virtual_hosts[{i}]"))))
+            .map(|(i, vh)| {
+                VirtualHost::from_proto(vh).map_err(|e| e.within(&format!("virtual_hosts[{i}]")))
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut seen = std::collections::HashSet::new();
         for (i, vh) in virtual_hosts.iter().enumerate() {
@@ -325,31 +359,44 @@ impl RouteConfig {
 
     /// Every cluster a route names statically (for `validate_clusters` and EDS interest).
     pub fn referenced_clusters(&self) -> impl Iterator<Item = &str> {
-        self.virtual_hosts.iter().flat_map(|vh| vh.routes.iter()).flat_map(|r| {
-            let mut names: Vec<&str> = Vec::new();
-            if let Action::Forward(a) = &r.action {
-                match &a.cluster {
-                    ClusterSpecifier::Cluster(c) => names.push(c),
-                    ClusterSpecifier::Weighted { clusters, .. } => names.extend(clusters.iter().map(|c| c.name.as_str())),
-                    ClusterSpecifier::Header(_) => {}
+        self.virtual_hosts
+            .iter()
+            .flat_map(|vh| vh.routes.iter())
+            .flat_map(|r| {
+                let mut names: Vec<&str> = Vec::new();
+                if let Action::Forward(a) = &r.action {
+                    match &a.cluster {
+                        ClusterSpecifier::Cluster(c) => names.push(c),
+                        ClusterSpecifier::Weighted { clusters, .. } => {
+                            names.extend(clusters.iter().map(|c| c.name.as_str()))
+                        }
+                        ClusterSpecifier::Header(_) => {}
+                    }
+                    names.extend(a.mirrors.iter().map(|m| m.cluster.as_str()));
                 }
-                names.extend(a.mirrors.iter().map(|m| m.cluster.as_str()));
-            }
-            names
-        })
+                names
+            })
     }
 }
 
 impl VirtualHost {
     fn from_proto(vh: &pb::VirtualHost) -> Result<Self> {
         if vh.domains.is_empty() {
-            return Err(ConfigError::new("domains", "at least one domain is required"));
+            return Err(ConfigError::new(
+                "domains",
+                "at least one domain is required",
+            ));
         }
         for (i, d) in vh.domains.iter().enumerate() {
             let wildcards = d.matches('*').count();
-            let ok = d == "*" || wildcards == 0 || (wildcards == 1 && (d.starts_with('*') || d.ends_with('*')));
+            let ok = d == "*"
+                || wildcards == 0
+                || (wildcards == 1 && (d.starts_with('*') || d.ends_with('*')));
             if !ok {
-                return Err(ConfigError::new(format!("domains[{i}]"), format!("invalid domain '{d}'")));
+                return Err(ConfigError::new(
+                    format!("domains[{i}]"),
+                    format!("invalid domain '{d}'"),
+                ));
             }
         }
         if vh.require_tls != 0 {
@@ -377,28 +424,51 @@ impl VirtualHost {
 
 impl Route {
     fn from_proto(r: &pb::Route) -> Result<Self> {
-        let m = r.r#match.as_ref().ok_or_else(|| ConfigError::new("match", "required"))?;
+        let m = r
+            .r#match
+            .as_ref()
+            .ok_or_else(|| ConfigError::new("match", "required"))?;
         let matcher = RouteMatch::from_proto(m).map_err(|e| e.within("match"))?;
         let action = match &r.action {
-            Some(pb::route::Action::Route(a)) => {
-                Action::Forward(Arc::new(RouteAction::from_proto(a).map_err(|e| e.within("route"))?))
-            }
+            Some(pb::route::Action::Route(a)) => Action::Forward(Arc::new(
+                RouteAction::from_proto(a).map_err(|e| e.within("route"))?,
+            )),
             Some(pb::route::Action::Redirect(rd)) => {
                 Action::Redirect(Redirect::from_proto(rd).map_err(|e| e.within("redirect"))?)
             }
             Some(pb::route::Action::DirectResponse(d)) => {
                 if !(200..=599).contains(&d.status) {
-                    return Err(ConfigError::new("direct_response.status", "must be in 200..599"));
+                    return Err(ConfigError::new(
+                        "direct_response.status",
+                        "must be in 200..599",
+                    ));
                 }
                 let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
                     None => None,
-                    Some(core_pb::data_source::Specifier::InlineString(s)) => Some(bytes::Bytes::from(s.clone())),
-                    Some(core_pb::data_source::Specifier::InlineBytes(b)) => Some(bytes::Bytes::from(b.clone())),
-                    Some(_) => return Err(ConfigError::new("direct_response.body", "only inline bodies are supported")),
+                    Some(core_pb::data_source::Specifier::InlineString(s)) => {
+                        Some(bytes::Bytes::from(s.clone()))
+                    }
+                    Some(core_pb::data_source::Specifier::InlineBytes(b)) => {
+                        Some(bytes::Bytes::from(b.clone()))
+                    }
+                    Some(_) => {
+                        return Err(ConfigError::new(
+                            "direct_response.body",
+                            "only inline bodies are supported",
+                        ))
+                    }
                 };
-                Action::Direct { status: d.status as u16, body }
+                Action::Direct {
+                    status: d.status as u16,
+                    body,
+                }
             }
-            Some(_) => return Err(ConfigError::new("action", "only route, redirect and direct_response are supported")),
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "action",
+                    "only route, redirect and direct_response are supported",
+                ))
+            }
             None => return Err(ConfigError::new("action", "an action is required")),
         };
         Ok(Self {
@@ -435,12 +505,20 @@ impl RouteMatch {
             Some(P::SafeRegex(r)) => PathMatch::Regex(full_regex(r, "safe_regex")?),
             Some(P::PathSeparatedPrefix(p)) => {
                 if p.contains(['?', '#']) || p.ends_with('/') {
-                    return Err(ConfigError::new("path_separated_prefix", "must not end in '/' or contain '?' or '#'"));
+                    return Err(ConfigError::new(
+                        "path_separated_prefix",
+                        "must not end in '/' or contain '?' or '#'",
+                    ));
                 }
                 PathMatch::SeparatedPrefix(p.clone())
             }
             Some(_) => return Err(ConfigError::new("path_specifier", "not supported")),
-            None => return Err(ConfigError::new("path_specifier", "a path specifier is required")),
+            None => {
+                return Err(ConfigError::new(
+                    "path_specifier",
+                    "a path specifier is required",
+                ))
+            }
         };
         Ok(Self {
             path,
@@ -463,8 +541,14 @@ impl RouteMatch {
     }
 }
 
-fn regex_rewrite(r: &sentinel_proto::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute, path: &str) -> Result<(Regex, String)> {
-    let pattern = r.pattern.as_ref().ok_or_else(|| ConfigError::new(format!("{path}.pattern"), "required"))?;
+fn regex_rewrite(
+    r: &sentinel_proto::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute,
+    path: &str,
+) -> Result<(Regex, String)> {
+    let pattern = r
+        .pattern
+        .as_ref()
+        .ok_or_else(|| ConfigError::new(format!("{path}.pattern"), "required"))?;
     let re = compile_regex(&pattern.regex, false, &format!("{path}.pattern"))?;
     // RE2 substitutions use \1; the regex crate uses ${1}.
     let mut sub = String::new();
@@ -516,7 +600,9 @@ impl RouteAction {
                     .collect::<Result<Vec<_>>>()?;
                 let sum: u64 = clusters.iter().map(|c| c.weight as u64).sum();
                 let total = match a.cluster_specifier {
-                    Some(C::WeightedClusters(ref w)) => w.total_weight.as_ref().map_or(sum, |t| t.value as u64),
+                    Some(C::WeightedClusters(ref w)) => {
+                        w.total_weight.as_ref().map_or(sum, |t| t.value as u64)
+                    }
                     _ => sum,
                 };
                 if clusters.is_empty() || sum == 0 || total != sum {
@@ -527,9 +613,16 @@ impl RouteAction {
                 }
                 ClusterSpecifier::Weighted { clusters, total }
             }
-            _ => return Err(ConfigError::new("cluster_specifier", "cluster, weighted_clusters or cluster_header is required")),
+            _ => {
+                return Err(ConfigError::new(
+                    "cluster_specifier",
+                    "cluster, weighted_clusters or cluster_header is required",
+                ))
+            }
         };
-        let cluster_not_found_status = match pb::route_action::ClusterNotFoundResponseCode::try_from(a.cluster_not_found_response_code) {
+        let cluster_not_found_status = match pb::route_action::ClusterNotFoundResponseCode::try_from(
+            a.cluster_not_found_response_code,
+        ) {
             Ok(pb::route_action::ClusterNotFoundResponseCode::NotFound) => 404,
             Ok(pb::route_action::ClusterNotFoundResponseCode::InternalServerError) => 500,
             _ => 503,
@@ -545,29 +638,46 @@ impl RouteAction {
             )),
             Some(_) => return Err(ConfigError::new("host_rewrite_specifier", "not supported")),
         };
-        if a.prefix_rewrite.len() > 0 && a.regex_rewrite.is_some() {
-            return Err(ConfigError::new("regex_rewrite", "cannot be used with prefix_rewrite"));
+        if !a.prefix_rewrite.is_empty() && a.regex_rewrite.is_some() {
+            return Err(ConfigError::new(
+                "regex_rewrite",
+                "cannot be used with prefix_rewrite",
+            ));
         }
         Ok(Self {
             cluster,
             cluster_not_found_status,
             prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
-            regex_rewrite: a.regex_rewrite.as_ref().map(|r| regex_rewrite(r, "regex_rewrite")).transpose()?,
+            regex_rewrite: a
+                .regex_rewrite
+                .as_ref()
+                .map(|r| regex_rewrite(r, "regex_rewrite"))
+                .transpose()?,
             host_rewrite,
             timeout: timeout_or(a.timeout.as_ref(), Some(Duration::from_secs(15)), "timeout")?,
             idle_timeout: timeout_or(a.idle_timeout.as_ref(), None, "idle_timeout")?,
-            retry: a.retry_policy.as_ref().map(|r| RetryPolicy::from_proto(r).map_err(|e| e.within("retry_policy"))).transpose()?,
+            retry: a
+                .retry_policy
+                .as_ref()
+                .map(|r| RetryPolicy::from_proto(r).map_err(|e| e.within("retry_policy")))
+                .transpose()?,
             mirrors: a
                 .request_mirror_policies
                 .iter()
                 .enumerate()
                 .map(|(i, m)| {
                     if m.cluster.is_empty() {
-                        return Err(ConfigError::new(format!("request_mirror_policies[{i}].cluster"), "required"));
+                        return Err(ConfigError::new(
+                            format!("request_mirror_policies[{i}].cluster"),
+                            "required",
+                        ));
                     }
                     Ok(Mirror {
                         cluster: m.cluster.clone(),
-                        fraction_per_million: m.runtime_fraction.as_ref().map_or(1_000_000, fraction_per_million),
+                        fraction_per_million: m
+                            .runtime_fraction
+                            .as_ref()
+                            .map_or(1_000_000, fraction_per_million),
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -578,7 +688,12 @@ impl RouteAction {
 impl RetryPolicy {
     fn from_proto(r: &pb::RetryPolicy) -> Result<Self> {
         let mut on = RetryOn::default();
-        for cond in r.retry_on.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for cond in r
+            .retry_on
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             match cond {
                 "5xx" => on.five_xx = true,
                 "gateway-error" => on.gateway_error = true,
@@ -587,7 +702,12 @@ impl RetryPolicy {
                 "retriable-4xx" => on.retriable_4xx = true,
                 "retriable-status-codes" => on.retriable_status_codes = true,
                 "refused-stream" => on.refused_stream = true,
-                other => return Err(ConfigError::new("retry_on", format!("retry condition '{other}' is not supported"))),
+                other => {
+                    return Err(ConfigError::new(
+                        "retry_on",
+                        format!("retry condition '{other}' is not supported"),
+                    ))
+                }
             }
         }
         let (base, max) = match &r.retry_back_off {
@@ -599,7 +719,10 @@ impl RetryPolicy {
                     .transpose()?
                     .ok_or_else(|| ConfigError::new("retry_back_off.base_interval", "required"))?;
                 if base.is_zero() {
-                    return Err(ConfigError::new("retry_back_off.base_interval", "must be greater than 0"));
+                    return Err(ConfigError::new(
+                        "retry_back_off.base_interval",
+                        "must be greater than 0",
+                    ));
                 }
                 let max = b
                     .max_interval
@@ -608,7 +731,10 @@ impl RetryPolicy {
                     .transpose()?
                     .unwrap_or(base * 10);
                 if max < base {
-                    return Err(ConfigError::new("retry_back_off.max_interval", "must be at least base_interval"));
+                    return Err(ConfigError::new(
+                        "retry_back_off.max_interval",
+                        "must be at least base_interval",
+                    ));
                 }
                 (base, max)
             }
@@ -627,7 +753,9 @@ impl RetryPolicy {
 
 impl Redirect {
     fn from_proto(r: &pb::RedirectAction) -> Result<Self> {
-        use pb::redirect_action::{PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S};
+        use pb::redirect_action::{
+            PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S,
+        };
         let scheme = match &r.scheme_rewrite_specifier {
             Some(S::HttpsRedirect(true)) => Some("https".to_string()),
             Some(S::SchemeRedirect(s)) => Some(s.to_ascii_lowercase()),
@@ -638,7 +766,12 @@ impl Redirect {
             Some(P::PathRedirect(p)) => (Some(p.clone()), None, None),
             Some(P::PrefixRewrite(p)) => (None, Some(p.clone()), None),
             Some(P::RegexRewrite(rr)) => (None, None, Some(regex_rewrite(rr, "regex_rewrite")?)),
-            Some(P::PathRewrite(_)) => return Err(ConfigError::new("path_rewrite", "path templates are not supported")),
+            Some(P::PathRewrite(_)) => {
+                return Err(ConfigError::new(
+                    "path_rewrite",
+                    "path templates are not supported",
+                ))
+            }
         };
         let status = match C::try_from(r.response_code) {
             Ok(C::MovedPermanently) => 301,

@@ -1,0 +1,170 @@
+//! The data plane end to end, in process: static bootstrap → Sentinel → hyper upstreams.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_a_503_under_gateway_error() {
+    // First answer 503, then 200.
+    let (up, seen) = scripted_upstream("flaky", |n| if n == 0 { 503 } else { 200 }).await;
+    let routes = "[ { match: { prefix: / }, route: { cluster: c, retry_policy: { retry_on: gateway-error, num_retries: 2 } } } ]";
+    let (_p, addr) = static_proxy(routes, &format!("[ {} ]", static_cluster("c", &[up]))).await;
+    let (status, _, body) = send(addr, "POST", "/x", "payload").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "flaky"));
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].3, "payload", "the retried attempt carries the body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stop_at_num_retries_and_pass_the_last_answer() {
+    let (up, seen) = scripted_upstream("down", |_| 503).await;
+    let routes = "[ { match: { prefix: / }, route: { cluster: c, retry_policy: { retry_on: 5xx, num_retries: 2 } } } ]";
+    let (_p, addr) = static_proxy(routes, &format!("[ {} ]", static_cluster("c", &[up]))).await;
+    let (status, _, body) = get(addr, "/").await.unwrap();
+    assert_eq!((status, body.as_str()), (503, "down"));
+    assert_eq!(seen.lock().unwrap().len(), 3, "one try and two retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_retry_policy_means_one_attempt() {
+    let (up, seen) = scripted_upstream("down", |_| 503).await;
+    let routes = "[ { match: { prefix: / }, route: { cluster: c } } ]";
+    let (_p, addr) = static_proxy(routes, &format!("[ {} ]", static_cluster("c", &[up]))).await;
+    assert_eq!(get(addr, "/").await.unwrap().0, 503);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_is_retried_on_another_host() {
+    let (up, _) = scripted_upstream("alive", |_| 200).await;
+    let routes = "[ { match: { prefix: / }, route: { cluster: c, retry_policy: { retry_on: connect-failure, num_retries: 1 } } } ]";
+    let (_p, addr) = static_proxy(
+        routes,
+        &format!("[ {} ]", static_cluster("c", &[dead_port(), up])),
+    )
+    .await;
+    for _ in 0..4 {
+        let (status, _, body) = get(addr, "/").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "alive"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_sends_a_shadow_copy_with_the_body() {
+    let (main, _) = scripted_upstream("main", |_| 200).await;
+    let (shadow, seen) = scripted_upstream("shadow", |_| 500).await;
+    let routes = "[ { match: { prefix: / }, route: { cluster: main, request_mirror_policies: [ { cluster: shadow } ] } } ]";
+    let clusters = format!(
+        "[ {}, {} ]",
+        static_cluster("main", &[main]),
+        static_cluster("shadow", &[shadow])
+    );
+    let (_p, addr) = static_proxy(routes, &clusters).await;
+    let (status, _, body) = send(addr, "POST", "/m", "copy me").await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "main"),
+        "the shadow's 500 does not matter"
+    );
+    let got = eventually("the shadow request", async || {
+        seen.lock().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(
+        got,
+        (
+            "POST".into(),
+            "test.local-shadow".into(),
+            "/m".into(),
+            "copy me".into()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_replies_match_envoy() {
+    let (up, _) = scripted_upstream("up", |_| 200).await;
+    let routes = r#"[
+      { match: { path: /direct }, direct_response: { status: 418, body: { inline_string: "teapot" } } },
+      { match: { prefix: /old }, redirect: { prefix_rewrite: /new, response_code: PERMANENT_REDIRECT } },
+      { match: { prefix: /missing }, route: { cluster: nope } },
+      { match: { prefix: /dead }, route: { cluster: dead } },
+      { match: { prefix: /empty }, route: { cluster: empty } },
+      { match: { prefix: /slow }, route: { cluster: c, timeout: 0.2s } },
+      { match: { prefix: /ok }, route: { cluster: c } }
+    ]"#;
+    let clusters = format!(
+        "[ {}, {}, {{ name: empty, type: STATIC, connect_timeout: 1s }} ]",
+        static_cluster("c", &[up]),
+        static_cluster("dead", &[dead_port()])
+    );
+    let (_p, addr) = static_proxy(routes, &clusters).await;
+    let (s, h, b) = get(addr, "/direct").await.unwrap();
+    assert_eq!((s, b.as_str()), (418, "teapot"));
+    assert!(h.contains("server: envoy"), "{h}");
+    let (s, h, _) = get(addr, "/old/x?q=1").await.unwrap();
+    assert_eq!(s, 308);
+    assert!(h.contains("location: http://test.local/new/x?q=1"), "{h}");
+    assert_eq!(get(addr, "/nothing-matches-this").await.unwrap().0, 404);
+    assert_eq!(get(addr, "/missing").await.unwrap().0, 503);
+    let (s, _, b) = get(addr, "/empty").await.unwrap();
+    assert_eq!((s, b.as_str()), (503, "no healthy upstream"));
+    let (s, _, b) = get(addr, "/dead").await.unwrap();
+    assert_eq!(s, 503);
+    assert!(
+        b.starts_with("upstream connect error or disconnect/reset before headers"),
+        "{b}"
+    );
+    let (s, h, _) = get(addr, "/ok").await.unwrap();
+    assert_eq!(s, 200);
+    assert!(h.contains("x-envoy-upstream-service-time:"), "{h}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_timeout_is_504() {
+    // An upstream that accepts and never answers.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let routes = "[ { match: { prefix: / }, route: { cluster: c, timeout: 0.3s } } ]";
+    let (_p, addr) = static_proxy(routes, &format!("[ {} ]", static_cluster("c", &[stall]))).await;
+    let start = std::time::Instant::now();
+    let (s, _, b) = get(addr, "/").await.unwrap();
+    assert_eq!((s, b.as_str()), (504, "upstream request timeout"));
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431() {
+    let (up, _) = scripted_upstream("up", |_| 200).await;
+    let routes = "[ { match: { prefix: / }, route: { cluster: c } } ]";
+    let (_p, addr) = static_proxy(routes, &format!("[ {} ]", static_cluster("c", &[up]))).await;
+    let big = "a".repeat(70 * 1024);
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(
+        format!("GET / HTTP/1.1\r\nHost: x\r\nx-big: {big}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&buf[..40.min(buf.len())])
+    );
+}
