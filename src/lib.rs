@@ -101,8 +101,7 @@ impl SentinelApp {
 
     /// `--mode validate`: the bootstrap and its static resources are valid.
     pub fn validate(&self) -> Result<(), AppError> {
-        XdsClient::new(&self.bootstrap, SnapshotHandle::new())?;
-        Ok(())
+        Ok(XdsClient::validate(&self.bootstrap)?)
     }
 
     /// Starts the xDS client, the admin listener and the listener manager on the current

@@ -64,12 +64,23 @@ pub enum ClientError {
 }
 
 impl XdsClient {
-    /// Builds the client and validates the bootstrap's static resources into the store.
-    pub fn new(bootstrap: &Bootstrap, handle: SnapshotHandle) -> Result<Self, ClientError> {
+    /// Validates the bootstrap's static resources (`--mode validate`), opening nothing.
+    pub fn validate(bootstrap: &Bootstrap) -> Result<(), ClientError> {
+        Self::static_store(bootstrap, SnapshotHandle::new()).map(|_| ())
+    }
+
+    fn static_store(bootstrap: &Bootstrap, handle: SnapshotHandle) -> Result<Store, ClientError> {
         let mut store = Store::new(handle);
         for r in &bootstrap.static_resources {
             store.add_static(r.clone()).map_err(ClientError::Static)?;
         }
+        Ok(store)
+    }
+
+    /// Builds the client and validates the bootstrap's static resources into the store.
+    /// Must run inside a tokio runtime: it starts the bootstrap's subscriptions.
+    pub fn new(bootstrap: &Bootstrap, handle: SnapshotHandle) -> Result<Self, ClientError> {
+        let mut store = Self::static_store(bootstrap, handle)?;
         let now = Instant::now();
         for (type_url, src) in [
             (types::CLUSTER, &bootstrap.cds),

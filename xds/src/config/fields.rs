@@ -613,7 +613,8 @@ mod docs {
     /// docs/supported-fields.md carries the table below its marker; `UPDATE_DOCS=1` rewrites it.
     #[test]
     fn docs_table_is_current() {
-        const MARKER: &str = "<!-- generated from xds/src/config/fields.rs; do not edit below -->\n";
+        const MARKER: &str =
+            "<!-- generated from xds/src/config/fields.rs; do not edit below -->\n";
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/supported-fields.md");
         let text = std::fs::read_to_string(path).expect("docs/supported-fields.md exists");
         let head = text.split(MARKER).next().unwrap_or_default();
@@ -621,7 +622,10 @@ mod docs {
         if std::env::var_os("UPDATE_DOCS").is_some() {
             std::fs::write(path, &want).unwrap();
         } else {
-            assert!(text == want, "docs/supported-fields.md is stale: run UPDATE_DOCS=1 cargo test -p sentinel-xds");
+            assert!(
+                text == want,
+                "docs/supported-fields.md is stale: run UPDATE_DOCS=1 cargo test -p sentinel-xds"
+            );
         }
     }
 }
