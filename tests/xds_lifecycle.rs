@@ -219,3 +219,95 @@ async fn control_plane_restart_keeps_config_and_reconnects() {
     // The reconnected stream's first request carried the node.
     assert!(cp.events().iter().any(|e| e.node_id == "n7"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_reconnect_sends_initial_resource_versions() {
+    let up = upstream("one").await;
+    let cp = control_plane().await;
+    let xds = cp.xds_addr();
+    cp.set_snapshot("n8", snapshot("v1", "route_a", "cluster_a", up));
+    let p = proxy(xds, "n8", true).await;
+    let addr = listener_addr(&p, "listener_0").await;
+    serves(addr, "one").await;
+    cp.shutdown().await;
+    let cp = control_plane_mock::MockControlPlane::start(xds)
+        .await
+        .unwrap();
+    cp.set_snapshot("n8", snapshot("v1", "route_a", "cluster_a", up));
+    cp.wait_for_event(|e| e.delta && e.type_url == resource::LISTENER, T)
+        .await
+        .expect("the proxy reconnects");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The proxy said what it holds, so nothing unchanged is sent again.
+    let resent: Vec<_> = cp
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e.kind == EventKind::Response
+                && e.resource_names
+                    .iter()
+                    .any(|n| n == "listener_0" || n == "cluster_a")
+        })
+        .collect();
+    assert!(resent.is_empty(), "{resent:?}");
+    assert_eq!(get(addr, "/").await.unwrap().2, "one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_config_source_files_are_reloaded() {
+    let (one, two) = (upstream("one").await, upstream("two").await);
+    let dir = std::env::temp_dir().join(format!("sentinel-path-xds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |file: &str, body: String| {
+        // Envoy watches for a move into place; write then rename, as operators do.
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, body).unwrap();
+        std::fs::rename(&tmp, dir.join(file)).unwrap();
+    };
+    let cds = |port: u16| {
+        format!(
+            r#"{{ "version_info": "{port}", "resources": [ {{ "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "c", "type": "STATIC", "connect_timeout": "1s",
+              "load_assignment": {{ "cluster_name": "c", "endpoints": [ {{ "lb_endpoints": [ {{ "endpoint": {{ "address": {{ "socket_address": {{ "address": "127.0.0.1", "port_value": {port} }} }} }} }} ] }} ] }} }} ] }}"#
+        )
+    };
+    write("cds.json", cds(one.port()));
+    write(
+        "lds.yaml",
+        r#"
+version_info: "1"
+resources:
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: file_listener
+  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+  filter_chains:
+  - filters:
+    - name: hcm
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        stat_prefix: f
+        route_config: { virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, route: { cluster: c } } ] } ] }
+        http_filters: [ { name: envoy.filters.http.router, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } } ]
+"#
+        .to_string(),
+    );
+    let yaml = format!(
+        "admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}\n\
+         dynamic_resources: {{ lds_config: {{ path_config_source: {{ path: {lds} }} }}, cds_config: {{ path_config_source: {{ path: {cds} }} }} }}",
+        lds = dir.join("lds.yaml").display(),
+        cds = dir.join("cds.json").display()
+    );
+    let options = sentinel::Options {
+        config_yaml: Some(yaml),
+        ..sentinel::Options::default()
+    };
+    let p = sentinel::SentinelApp::new(options)
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let addr = listener_addr(&p, "file_listener").await;
+    serves(addr, "one").await;
+    write("cds.json", cds(two.port()));
+    serves(addr, "two").await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
