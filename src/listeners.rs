@@ -22,17 +22,20 @@ use pingora_proxy::HttpProxy;
 use sentinel_xds::config::hcm::Codec;
 use sentinel_xds::config::listener::{CidrRange, FilterChain, FilterChainMatch, SourceType};
 use sentinel_xds::config::Listener;
-use sentinel_xds::SnapshotHandle;
+use sentinel_xds::{Snapshot, SnapshotHandle};
 use tokio::sync::watch;
 
-use crate::proxy::HttpHandler;
+use crate::proxy::{DrainState, HttpHandler};
 use crate::upstream::ClusterManager;
+use sentinel_xds::config::hcm::HttpConnectionManager;
 
 type App = Arc<HttpProxy<HttpHandler>>;
 
 /// One version of a listener's filter chains.
 struct Generation {
     chains: Vec<(FilterChainMatch, App)>,
+    /// Each chain's HTTP connection manager and drain state.
+    drains: Vec<(Arc<HttpConnectionManager>, Arc<DrainState>)>,
     default_chain: Option<App>,
     /// Flips to true when this generation starts draining.
     draining: watch::Sender<bool>,
@@ -69,7 +72,12 @@ impl Generation {
         }
     }
 
-    fn drain(&self, drain_time: Duration, apps: Vec<App>) {
+    /// Starts draining: routes are pinned as they were in `prev` (the snapshot this
+    /// generation served from), new requests get `connection: close`.
+    fn drain(&self, drain_time: Duration, apps: Vec<App>, prev: &Snapshot) {
+        for (hcm, drain) in &self.drains {
+            drain.start(hcm, prev);
+        }
         self.draining.send_replace(true);
         let closed = self.closed.clone();
         tokio::spawn(async move {
@@ -137,6 +145,8 @@ pub struct ListenerManager {
     running: HashMap<String, Running>,
     /// Open downstream connections, for a graceful exit.
     pub connections: Arc<AtomicUsize>,
+    /// The snapshot of the last sync: what draining generations keep serving from.
+    prev: Arc<Snapshot>,
 }
 
 impl ListenerManager {
@@ -153,6 +163,7 @@ impl ListenerManager {
             drain_time,
             running: HashMap::new(),
             connections: Arc::new(AtomicUsize::new(0)),
+            prev: Arc::new(Snapshot::default()),
         }
     }
 
@@ -173,11 +184,16 @@ impl ListenerManager {
         conf: &Arc<ServerConf>,
         l: &Listener,
     ) -> Generation {
-        let build = |fc: &FilterChain| -> App {
+        let mut drains = Vec::new();
+        let mut build = |fc: &FilterChain| -> App {
+            let hcm = Arc::new(fc.hcm.clone());
+            let drain = Arc::new(DrainState::default());
+            drains.push((hcm.clone(), drain.clone()));
             let handler = HttpHandler {
-                hcm: Arc::new(fc.hcm.clone()),
+                hcm,
                 snapshots: snapshots.clone(),
                 clusters: clusters.clone(),
+                drain,
             };
             let mut proxy = pingora_proxy::http_proxy(conf, handler);
             let mut opts = HttpServerOptions::default();
@@ -185,13 +201,16 @@ impl ListenerManager {
             proxy.server_options = Some(opts);
             Arc::new(proxy)
         };
+        let chains = l
+            .filter_chains
+            .iter()
+            .map(|fc| (fc.matcher.clone(), build(fc)))
+            .collect();
+        let default_chain = l.default_filter_chain.as_ref().map(&mut build);
         Generation {
-            chains: l
-                .filter_chains
-                .iter()
-                .map(|fc| (fc.matcher.clone(), build(fc)))
-                .collect(),
-            default_chain: l.default_filter_chain.as_ref().map(build),
+            chains,
+            drains,
+            default_chain,
             draining: watch::channel(false).0,
             closed: watch::channel(false).0,
         }
@@ -212,7 +231,7 @@ impl ListenerManager {
             tracing::info!(listener = %name, "removing listener; draining");
             r.stop_accept.send_replace(true);
             let g = r.current.load();
-            g.drain(self.drain_time, g.apps());
+            g.drain(self.drain_time, g.apps(), &self.prev);
         }
         for (name, config) in &snap.listeners {
             match self.running.get_mut(name) {
@@ -227,13 +246,13 @@ impl ListenerManager {
                     ));
                     let old = r.current.swap(next);
                     r.config = config.clone();
-                    old.drain(self.drain_time, old.apps());
+                    old.drain(self.drain_time, old.apps(), &self.prev);
                 }
                 _ => {
                     if let Some(old) = self.running.remove(name) {
                         old.stop_accept.send_replace(true);
                         let g = old.current.load();
-                        g.drain(self.drain_time, g.apps());
+                        g.drain(self.drain_time, g.apps(), &self.prev);
                     }
                     match self.start(config).await {
                         Ok(r) => {
@@ -246,6 +265,7 @@ impl ListenerManager {
                 }
             }
         }
+        self.prev = snap;
     }
 
     async fn start(&self, config: &Arc<Listener>) -> std::io::Result<Running> {
@@ -317,7 +337,7 @@ impl ListenerManager {
         for (_, r) in self.running.drain() {
             r.stop_accept.send_replace(true);
             let g = r.current.load();
-            g.drain(self.drain_time, g.apps());
+            g.drain(self.drain_time, g.apps(), &self.prev);
         }
     }
 }

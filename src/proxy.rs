@@ -33,6 +33,28 @@ pub struct HttpHandler {
     pub hcm: Arc<HttpConnectionManager>,
     pub snapshots: SnapshotHandle,
     pub clusters: Arc<ClusterManager>,
+    /// Set when this filter chain's listener version drains.
+    pub drain: Arc<DrainState>,
+}
+
+/// What a draining listener version keeps: Envoy keeps the route configuration a draining
+/// listener had, even when RDS no longer has it, until its connections are gone.
+#[derive(Default)]
+pub struct DrainState {
+    draining: std::sync::atomic::AtomicBool,
+    pinned_routes: std::sync::OnceLock<Arc<RouteConfig>>,
+}
+
+impl DrainState {
+    /// Starts draining, keeping the routes `hcm` had in `snap` from now on.
+    pub fn start(&self, hcm: &HttpConnectionManager, snap: &Snapshot) {
+        if let RouteSource::Rds { name, .. } = &hcm.routes {
+            if let Some(rc) = snap.routes.get(name) {
+                let _ = self.pinned_routes.set(rc.clone());
+            }
+        }
+        self.draining.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A reply the proxy makes itself, with Envoy's status and body.
@@ -324,7 +346,10 @@ impl HttpHandler {
     fn route_config(&self, snap: &Snapshot) -> Option<Arc<RouteConfig>> {
         match &self.hcm.routes {
             RouteSource::Inline(rc) => Some(rc.clone()),
-            RouteSource::Rds { name, .. } => snap.routes.get(name).cloned(),
+            RouteSource::Rds { name, .. } => match self.drain.pinned_routes.get() {
+                Some(rc) => Some(rc.clone()),
+                None => snap.routes.get(name).cloned(),
+            },
         }
     }
 
@@ -439,7 +464,9 @@ impl ProxyHttp for HttpHandler {
             }
         }
         // Downstream timeouts: idle keep-alive and stream idle (reads of the request body).
-        session.set_keepalive(self.hcm.idle_timeout.map(|d| d.as_secs().max(1)));
+        if !self.drain.draining.load(Ordering::Relaxed) {
+            session.set_keepalive(self.hcm.idle_timeout.map(|d| d.as_secs().max(1)));
+        }
         session.set_read_timeout(self.hcm.stream_idle_timeout);
         if self.hcm.drop_underscore_headers {
             let names: Vec<http::HeaderName> = session

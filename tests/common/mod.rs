@@ -312,3 +312,26 @@ pub async fn send(
         .unwrap_or(0);
     Ok((status, head.to_ascii_lowercase(), body.to_string()))
 }
+
+/// An upstream that answers 200 with its name after `delay`.
+pub async fn slow_upstream(name: &'static str, delay: Duration) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: hyper::Request<hyper::body::Incoming>| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(name))))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}

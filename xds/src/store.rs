@@ -451,9 +451,12 @@ impl Store {
 
     /// Route configurations that listeners (warm or warming) point at, with their sources.
     pub fn rds_interest(&self) -> BTreeMap<String, ConfigSourceRef> {
+        // Serving versions count too: a listener's old version keeps its routes while the
+        // new one warms.
         let mut out = BTreeMap::new();
-        for e in self.listeners.values() {
-            for (name, src) in e.config.rds_names() {
+        let latest = self.listeners.values().map(|e| &e.config);
+        for l in latest.chain(self.active_listeners.values()) {
+            for (name, src) in l.rds_names() {
                 out.entry(name.to_string()).or_insert_with(|| src.clone());
             }
         }
@@ -463,8 +466,17 @@ impl Store {
     /// EDS service names that clusters point at, with their sources.
     pub fn eds_interest(&self) -> BTreeMap<String, ConfigSourceRef> {
         let mut out = BTreeMap::new();
-        for e in self.clusters.values() {
-            if let Some(service) = e.config.eds_service_name() {
+        let serving = self.active_clusters.iter().filter_map(|(n, c)| {
+            let e = self.clusters.get(n)?;
+            (!Arc::ptr_eq(&e.config, c)).then_some((c, e))
+        });
+        for (config, e) in self
+            .clusters
+            .values()
+            .map(|e| (&e.config, e))
+            .chain(serving)
+        {
+            if let Some(service) = config.eds_service_name() {
                 let src = cds::Cluster::decode(e.raw.value.as_slice())
                     .ok()
                     .and_then(|c| c.eds_cluster_config)
