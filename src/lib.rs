@@ -108,7 +108,8 @@ impl SentinelApp {
     /// tokio runtime.
     pub async fn start(self) -> Result<Running, AppError> {
         let snapshots = SnapshotHandle::new();
-        let client = XdsClient::new(&self.bootstrap, snapshots.clone())?;
+        let stash = Arc::new(listeners::SocketStash::default());
+        let client = XdsClient::new(&self.bootstrap, snapshots.clone(), Some(stash.clone()))?;
         let mut tasks = vec![tokio::spawn(client.run())];
         let clusters = Arc::new(upstream::ClusterManager::default());
         let conf = Arc::new(ServerConf {
@@ -123,6 +124,7 @@ impl SentinelApp {
             conf,
             self.options.drain_time,
         );
+        manager.stash = stash;
         let connections = manager.connections.clone();
         let bound = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
         let (stop, mut stop_rx) = watch::channel(false);

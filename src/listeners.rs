@@ -125,6 +125,54 @@ fn best_cidr(ranges: &[CidrRange], ip: IpAddr) -> Option<Option<u32>> {
     )
 }
 
+/// Listener sockets bound while LDS is validated (see `ListenerBinder`), waiting for the
+/// listener manager to take them. Touched only when config changes, never per request.
+#[derive(Default)]
+pub struct SocketStash {
+    sockets: std::sync::Mutex<HashMap<String, std::net::TcpListener>>,
+}
+
+impl SocketStash {
+    fn take(&self, name: &str, addr: SocketAddr) -> Option<std::net::TcpListener> {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        let s = sockets.remove(name)?;
+        let local = s.local_addr().ok()?;
+        (local.ip() == addr.ip() && (addr.port() == 0 || addr.port() == local.port())).then_some(s)
+    }
+}
+
+impl sentinel_xds::store::ListenerBinder for SocketStash {
+    fn bind(&self, name: &str, addr: SocketAddr) -> Result<(), String> {
+        let socket = listen(addr).map_err(|e| e.to_string())?;
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), socket);
+        Ok(())
+    }
+
+    fn release(&self, name: &str) {
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+}
+
+/// A listening, non-blocking socket with SO_REUSEADDR and Envoy's default backlog (1024).
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// Resolves once the watch holds true (or its sender is gone).
 pub(crate) async fn flipped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
@@ -147,6 +195,8 @@ pub struct ListenerManager {
     pub connections: Arc<AtomicUsize>,
     /// The snapshot of the last sync: what draining generations keep serving from.
     prev: Arc<Snapshot>,
+    /// Sockets bound during validation.
+    pub stash: Arc<SocketStash>,
 }
 
 impl ListenerManager {
@@ -164,6 +214,7 @@ impl ListenerManager {
             running: HashMap::new(),
             connections: Arc::new(AtomicUsize::new(0)),
             prev: Arc::new(Snapshot::default()),
+            stash: Arc::default(),
         }
     }
 
@@ -269,14 +320,11 @@ impl ListenerManager {
     }
 
     async fn start(&self, config: &Arc<Listener>) -> std::io::Result<Running> {
-        let socket = if config.address.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
+        let socket = match self.stash.take(&config.name, config.address) {
+            Some(s) => s,
+            None => listen(config.address)?,
         };
-        socket.set_reuseaddr(true)?;
-        socket.bind(config.address)?;
-        let tcp = socket.listen(1024)?;
+        let tcp = tokio::net::TcpListener::from_std(socket)?;
         let local = tcp.local_addr()?;
         tracing::info!(listener = %config.name, address = %local, "listening");
         let listener = PingoraListener::from(tcp);

@@ -311,3 +311,30 @@ resources:
     serves(addr, "two").await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_that_cannot_be_bound_is_nacked() {
+    let up = upstream("one").await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cp = control_plane().await;
+    let mut snap = snapshot("v1", "route_a", "cluster_a", up);
+    let listener = snap.resources(resource::LISTENER)[0].1.clone();
+    let mut json = sentinel_proto::any_to_json(&listener).unwrap();
+    json["address"]["socket_address"]["port_value"] = port.into();
+    snap.insert("listener_0", sentinel_proto::any_from_json(&json).unwrap());
+    cp.set_snapshot("n9", snap);
+    let _p = proxy(cp.xds_addr(), "n9", false).await;
+    let nack = cp
+        .wait_for_event(|e| e.is(EventKind::Nack, resource::LISTENER), T)
+        .await
+        .expect("NACK");
+    let detail = nack.error_detail.unwrap();
+    assert!(
+        detail.contains(&format!(
+            "listener_0: address: cannot bind '127.0.0.1:{port}'"
+        )),
+        "{detail}"
+    );
+    drop(taken);
+}

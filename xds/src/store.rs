@@ -60,6 +60,15 @@ impl<T> Entry<T> {
     }
 }
 
+/// Binds listener sockets while a listener is validated, as Envoy binds them while it
+/// processes LDS, so a port that cannot be bound NACKs the listener instead of failing later.
+pub trait ListenerBinder: Send + Sync {
+    /// Binds (and keeps) the socket for listener `name`; the error says why it cannot.
+    fn bind(&self, name: &str, addr: std::net::SocketAddr) -> Result<(), String>;
+    /// The listener went away before it served: drop its socket.
+    fn release(&self, name: &str);
+}
+
 /// A resource that waits for its dependencies before it serves.
 struct Warming {
     deadline: Option<Instant>,
@@ -82,6 +91,7 @@ pub struct Store {
     initialized: bool,
     version: u64,
     handle: SnapshotHandle,
+    binder: Option<Arc<dyn ListenerBinder>>,
 }
 
 fn canonical(type_url: &str) -> Option<&'static str> {
@@ -106,6 +116,11 @@ impl Store {
             handle,
             ..Default::default()
         }
+    }
+
+    /// Binds listener sockets through `binder` from now on (not in `--mode validate`).
+    pub fn set_binder(&mut self, binder: Arc<dyn ListenerBinder>) {
+        self.binder = Some(binder);
     }
 
     /// The handle the data plane reads.
@@ -243,6 +258,9 @@ impl Store {
         match type_url {
             types::LISTENER if self.listeners.get(name).is_some_and(|e| !e.is_static) => {
                 self.listeners.remove(name);
+                if let Some(b) = &self.binder {
+                    b.release(name);
+                }
                 self.active_listeners.remove(name);
                 self.warming_listeners.remove(name);
             }
@@ -302,6 +320,18 @@ impl Store {
                         "address",
                         format!("error adding listener '{}': listener '{other}' has duplicate address '{}' as existing listener", name, config.address),
                     ));
+                }
+                let rebind = self
+                    .listeners
+                    .get(name)
+                    .is_none_or(|e| e.config.address != config.address);
+                if let (true, Some(b)) = (rebind, &self.binder) {
+                    b.bind(name, config.address).map_err(|e| {
+                        ConfigError::new(
+                            "address",
+                            format!("cannot bind '{}': {e}", config.address),
+                        )
+                    })?;
                 }
                 let deadline = config
                     .rds_names()

@@ -66,21 +66,33 @@ pub enum ClientError {
 impl XdsClient {
     /// Validates the bootstrap's static resources (`--mode validate`), opening nothing.
     pub fn validate(bootstrap: &Bootstrap) -> Result<(), ClientError> {
-        Self::static_store(bootstrap, SnapshotHandle::new()).map(|_| ())
+        Self::static_store(bootstrap, SnapshotHandle::new(), None).map(|_| ())
     }
 
-    fn static_store(bootstrap: &Bootstrap, handle: SnapshotHandle) -> Result<Store, ClientError> {
+    fn static_store(
+        bootstrap: &Bootstrap,
+        handle: SnapshotHandle,
+        binder: Option<std::sync::Arc<dyn crate::store::ListenerBinder>>,
+    ) -> Result<Store, ClientError> {
         let mut store = Store::new(handle);
+        if let Some(b) = binder {
+            store.set_binder(b);
+        }
         for r in &bootstrap.static_resources {
             store.add_static(r.clone()).map_err(ClientError::Static)?;
         }
         Ok(store)
     }
 
-    /// Builds the client and validates the bootstrap's static resources into the store.
-    /// Must run inside a tokio runtime: it starts the bootstrap's subscriptions.
-    pub fn new(bootstrap: &Bootstrap, handle: SnapshotHandle) -> Result<Self, ClientError> {
-        let mut store = Self::static_store(bootstrap, handle)?;
+    /// Builds the client and validates the bootstrap's static resources into the store;
+    /// `binder` binds listener sockets as listeners are accepted. Must run inside a tokio
+    /// runtime: it starts the bootstrap's subscriptions.
+    pub fn new(
+        bootstrap: &Bootstrap,
+        handle: SnapshotHandle,
+        binder: Option<std::sync::Arc<dyn crate::store::ListenerBinder>>,
+    ) -> Result<Self, ClientError> {
+        let mut store = Self::static_store(bootstrap, handle, binder)?;
         let now = Instant::now();
         for (type_url, src) in [
             (types::CLUSTER, &bootstrap.cds),
