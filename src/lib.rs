@@ -7,9 +7,12 @@
 
 pub mod admin;
 pub mod cli;
+mod headers;
 pub mod listeners;
+mod local_reply;
 pub mod mirror;
 pub mod proxy;
+mod request;
 pub mod retry;
 pub mod router;
 pub mod upstream;

@@ -17,14 +17,16 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use sentinel_xds::config::cluster::UpstreamProtocol;
-use sentinel_xds::config::hcm::{HttpConnectionManager, RouteSource, ServerHeader};
+use sentinel_xds::config::hcm::{HttpConnectionManager, RouteSource};
 use sentinel_xds::config::route::{
-    Action, AppendAction, ClusterSpecifier, HeaderAdd, HeaderMutations, HostRewrite, Part,
-    Redirect, RouteAction, RouteConfig,
+    Action, ClusterSpecifier, HeaderMutations, HostRewrite, RouteAction, RouteConfig,
 };
 use sentinel_xds::{Snapshot, SnapshotHandle};
 
+use crate::headers::{self, mutate};
+use crate::local_reply::{local_error, reply_for, LocalReply};
 use crate::mirror;
+use crate::request::{host_of, normalize, uuid4};
 use crate::retry::{self, Failure};
 use crate::router::{self, RequestView};
 use crate::upstream::{ClusterManager, Host};
@@ -57,36 +59,45 @@ impl DrainState {
     }
 }
 
-/// A reply the proxy makes itself, with Envoy's status and body.
-struct LocalReply {
-    status: u16,
-    body: &'static str,
-}
-
 #[derive(Default)]
 pub struct Ctx {
-    route_config: Option<Arc<RouteConfig>>,
+    pub(crate) route_config: Option<Arc<RouteConfig>>,
     /// Indexes of the matched virtual host and route.
-    matched: Option<(usize, usize)>,
-    action: Option<Arc<RouteAction>>,
-    weighted: Option<usize>,
-    cluster: Option<Arc<crate::upstream::ClusterRuntime>>,
-    host: Option<Arc<Host>>,
-    reply: Option<LocalReply>,
-    upstream_start: Option<Instant>,
-    request_id: Option<String>,
-    downstream: Option<SocketAddr>,
-    local: Option<SocketAddr>,
-    protocol: &'static str,
+    pub(crate) matched: Option<(usize, usize)>,
+    pub(crate) action: Option<Arc<RouteAction>>,
+    pub(crate) weighted: Option<usize>,
+    pub(crate) cluster: Option<Arc<crate::upstream::ClusterRuntime>>,
+    pub(crate) host: Option<Arc<Host>>,
+    pub(crate) reply: Option<LocalReply>,
+    pub(crate) upstream_start: Option<Instant>,
+    pub(crate) request_id: Option<String>,
+    pub(crate) downstream: Option<SocketAddr>,
+    pub(crate) local: Option<SocketAddr>,
+    pub(crate) protocol: &'static str,
     /// Upstream attempts made so far (retries are attempts after the first).
-    attempts: u32,
+    pub(crate) attempts: u32,
+    /// When the route timeout (across all attempts) expires.
+    pub(crate) deadline: Option<Instant>,
+    /// When the request started, for the connection manager's `request_timeout`.
+    pub(crate) started: Option<Instant>,
     /// Bodies of shadow requests still being fed; None once mirrors were started.
-    mirrors: Option<Vec<tokio::sync::mpsc::Sender<Bytes>>>,
+    pub(crate) mirrors: Option<Vec<tokio::sync::mpsc::Sender<Bytes>>>,
 }
 
 impl Ctx {
+    /// What `%VAR%`s in header values see.
+    pub(crate) fn vars<'a>(&self, request: Option<&'a RequestHeader>) -> headers::Vars<'a> {
+        headers::Vars {
+            downstream: self.downstream,
+            local: self.local,
+            protocol: self.protocol,
+            upstream: self.host.as_ref().map(|h| h.addr),
+            request,
+        }
+    }
+
     /// Header mutations from the most to the least specific level.
-    fn levels(&self) -> Vec<&HeaderMutations> {
+    pub(crate) fn levels(&self) -> Vec<&HeaderMutations> {
         let mut out = Vec::with_capacity(4);
         let (Some(rc), Some((v, r))) = (&self.route_config, self.matched) else {
             return out;
@@ -104,177 +115,6 @@ impl Ctx {
     }
 }
 
-fn local_error(status: u16) -> Box<Error> {
-    Error::new(ErrorType::HTTPStatus(status))
-}
-
-impl HttpHandler {
-    fn render(
-        &self,
-        t: &sentinel_xds::config::route::Template,
-        ctx: &Ctx,
-        req: Option<&RequestHeader>,
-    ) -> String {
-        let mut out = String::new();
-        for p in &t.0 {
-            match p {
-                Part::Literal(s) => out.push_str(s),
-                Part::DownstreamRemoteAddress => {
-                    out.push_str(&ctx.downstream.map(|a| a.to_string()).unwrap_or_default())
-                }
-                Part::DownstreamRemoteAddressWithoutPort => out.push_str(
-                    &ctx.downstream
-                        .map(|a| a.ip().to_string())
-                        .unwrap_or_default(),
-                ),
-                Part::DownstreamLocalAddress => {
-                    out.push_str(&ctx.local.map(|a| a.to_string()).unwrap_or_default())
-                }
-                Part::DownstreamLocalAddressWithoutPort => {
-                    out.push_str(&ctx.local.map(|a| a.ip().to_string()).unwrap_or_default())
-                }
-                Part::Protocol => out.push_str(ctx.protocol),
-                Part::UpstreamRemoteAddress => out.push_str(
-                    &ctx.host
-                        .as_ref()
-                        .map(|h| h.addr.to_string())
-                        .unwrap_or_default(),
-                ),
-                Part::Hostname => out.push_str(&crate::admin::hostname()),
-                Part::RequestHeader(h) => {
-                    if let Some(v) = req
-                        .and_then(|r| r.headers.get(h))
-                        .and_then(|v| v.to_str().ok())
-                    {
-                        out.push_str(v)
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
-/// Pingora's request and response headers keep header-name case next to the map, so they
-/// are changed only through their own methods.
-trait Headers {
-    fn has(&self, name: &http::HeaderName) -> bool;
-    fn insert(&mut self, name: http::HeaderName, value: http::HeaderValue);
-    fn append(&mut self, name: http::HeaderName, value: http::HeaderValue);
-    fn remove(&mut self, name: &str);
-}
-
-macro_rules! impl_headers {
-    ($t:ty) => {
-        impl Headers for $t {
-            fn has(&self, name: &http::HeaderName) -> bool {
-                self.headers.contains_key(name)
-            }
-            fn insert(&mut self, name: http::HeaderName, value: http::HeaderValue) {
-                let _ = self.insert_header(name, value);
-            }
-            fn append(&mut self, name: http::HeaderName, value: http::HeaderValue) {
-                let _ = self.append_header(name, value);
-            }
-            fn remove(&mut self, name: &str) {
-                self.remove_header(name);
-            }
-        }
-    };
-}
-impl_headers!(RequestHeader);
-impl_headers!(ResponseHeader);
-
-/// Applies one header addition with Envoy's append semantics.
-fn apply_add(headers: &mut impl Headers, add: &HeaderAdd, value: String) {
-    if value.is_empty() && !add.keep_empty_value {
-        return;
-    }
-    let Ok(value) = http::HeaderValue::try_from(value) else {
-        return;
-    };
-    let exists = headers.has(&add.name);
-    match add.action {
-        AppendAction::AppendIfExistsOrAdd => headers.append(add.name.clone(), value),
-        AppendAction::AddIfAbsent if !exists => headers.insert(add.name.clone(), value),
-        AppendAction::OverwriteIfExistsOrAdd => headers.insert(add.name.clone(), value),
-        AppendAction::OverwriteIfExists if exists => headers.insert(add.name.clone(), value),
-        _ => {}
-    }
-}
-
-/// Removes, then adds, the header mutations of every level. By default the least specific
-/// level is applied last so that it wins; `most_specific_header_mutations_wins` reverses it.
-fn mutate<'a>(
-    headers: &mut impl Headers,
-    levels: &[&'a HeaderMutations],
-    most_specific_wins: bool,
-    removes: impl Fn(&'a HeaderMutations) -> &'a [String],
-    adds: impl Fn(&'a HeaderMutations) -> &'a [HeaderAdd],
-    render: impl Fn(&HeaderAdd) -> String,
-) {
-    for level in levels {
-        for name in removes(level) {
-            headers.remove(name);
-        }
-    }
-    let mut ordered: Vec<&HeaderMutations> = levels.to_vec();
-    if most_specific_wins {
-        ordered.reverse();
-    }
-    for level in ordered {
-        for add in adds(level) {
-            apply_add(headers, add, render(add));
-        }
-    }
-}
-
-fn host_of(req: &RequestHeader) -> String {
-    req.uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default()
-}
-
-/// `normalize_path` (RFC 3986 dot segments) and `merge_slashes`; None when the path is
-/// invalid (Envoy answers 400).
-fn normalize(path: &str, dots: bool, merge: bool) -> Option<String> {
-    let mut p = path.to_string();
-    if merge {
-        while p.contains("//") {
-            p = p.replace("//", "/");
-        }
-    }
-    if dots {
-        if !p.starts_with('/') {
-            return None;
-        }
-        let mut out: Vec<&str> = Vec::new();
-        let trailing = p.ends_with("/.") || p.ends_with("/..") || p.ends_with('/');
-        for seg in p.split('/').skip(1) {
-            match seg {
-                "." => {}
-                ".." => {
-                    out.pop();
-                }
-                s => out.push(s),
-            }
-        }
-        let mut joined = format!("/{}", out.join("/"));
-        if trailing && !joined.ends_with('/') {
-            joined.push('/');
-        }
-        p = joined;
-    }
-    Some(p)
-}
-
 impl HttpHandler {
     /// Whether the route's retry policy retries this failure of the current attempt.
     fn retry(&self, ctx: &Ctx, failure: Failure) -> bool {
@@ -284,65 +124,6 @@ impl HttpHandler {
             .is_some_and(|p| retry::should_retry(p, ctx.attempts, failure))
     }
 
-    async fn send_local(
-        &self,
-        session: &mut Session,
-        status: u16,
-        body: Bytes,
-        extra: &[(&str, String)],
-        ctx: &Ctx,
-    ) -> Result<()> {
-        let mut resp = ResponseHeader::build(status, Some(4))?;
-        if !body.is_empty() {
-            resp.insert_header("content-type", "text/plain")?;
-        }
-        resp.insert_header("content-length", body.len().to_string())?;
-        for (k, v) in extra {
-            resp.insert_header(k.to_string(), v.as_str())?;
-        }
-        self.finish_response_headers(&mut resp, ctx, session.req_header());
-        resp.insert_header(
-            "date",
-            httpdate::fmt_http_date(std::time::SystemTime::now()),
-        )?;
-        let end = body.is_empty() || session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(resp), end).await?;
-        if !end {
-            session.write_response_body(Some(body), true).await?;
-        }
-        Ok(())
-    }
-
-    /// Response header mutations of every level, then the `server` header.
-    fn finish_response_headers(&self, resp: &mut ResponseHeader, ctx: &Ctx, req: &RequestHeader) {
-        let most_specific = ctx
-            .route_config
-            .as_ref()
-            .is_some_and(|rc| rc.most_specific_header_mutations_wins);
-        mutate(
-            resp,
-            &ctx.levels(),
-            most_specific,
-            |l| &l.response_remove,
-            |l| &l.response_add,
-            |add| self.render(&add.value, ctx, Some(req)),
-        );
-        match self.hcm.server_header {
-            ServerHeader::Overwrite => {
-                let _ = resp.insert_header("server", self.hcm.server_name.as_str());
-            }
-            ServerHeader::AppendIfAbsent if !resp.headers.contains_key("server") => {
-                let _ = resp.insert_header("server", self.hcm.server_name.as_str());
-            }
-            _ => {}
-        }
-        if self.hcm.always_set_request_id_in_response {
-            if let Some(id) = &ctx.request_id {
-                let _ = resp.insert_header("x-request-id", id.as_str());
-            }
-        }
-    }
-
     fn route_config(&self, snap: &Snapshot) -> Option<Arc<RouteConfig>> {
         match &self.hcm.routes {
             RouteSource::Inline(rc) => Some(rc.clone()),
@@ -350,52 +131,6 @@ impl HttpHandler {
                 Some(rc) => Some(rc.clone()),
                 None => snap.routes.get(name).cloned(),
             },
-        }
-    }
-
-    fn redirect_location(
-        &self,
-        r: &Redirect,
-        req: &RequestHeader,
-        matched_prefix: Option<&str>,
-    ) -> String {
-        let host_header = host_of(req);
-        let (host, port) = match host_header.rsplit_once(':') {
-            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => {
-                (h.to_string(), Some(p.to_string()))
-            }
-            _ => (host_header.clone(), None),
-        };
-        let scheme = r.scheme.clone().unwrap_or_else(|| "http".into());
-        let host = r.host.clone().unwrap_or(host);
-        let port = match (r.port, &r.scheme) {
-            (Some(p), _) => Some(p.to_string()),
-            (None, Some(_)) => None,
-            (None, None) if r.host.is_some() => None,
-            (None, None) => port,
-        };
-        let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let (path, query) = pq.split_once('?').map_or((pq, None), |(p, q)| (p, Some(q)));
-        let mut new_path = if let Some(p) = &r.path {
-            p.clone()
-        } else {
-            path.to_string()
-        };
-        let query = if r.strip_query || r.path.as_ref().is_some_and(|p| p.contains('?')) {
-            None
-        } else {
-            query
-        };
-        if let (Some(prefix), Some(matched)) = (&r.prefix_rewrite, matched_prefix) {
-            new_path = format!("{prefix}{}", &new_path[matched.len().min(new_path.len())..]);
-        }
-        if let Some((re, sub)) = &r.regex_rewrite {
-            new_path = re.replace_all(&new_path, sub.as_str()).into_owned();
-        }
-        let port = port.map(|p| format!(":{p}")).unwrap_or_default();
-        match query {
-            Some(q) => format!("{scheme}://{host}{port}{new_path}?{q}"),
-            None => format!("{scheme}://{host}{port}{new_path}"),
         }
     }
 }
@@ -467,7 +202,13 @@ impl ProxyHttp for HttpHandler {
         if !self.drain.draining.load(Ordering::Relaxed) {
             session.set_keepalive(self.hcm.idle_timeout.map(|d| d.as_secs().max(1)));
         }
-        session.set_read_timeout(self.hcm.stream_idle_timeout);
+        ctx.started = Some(Instant::now());
+        session.set_read_timeout(
+            match (self.hcm.stream_idle_timeout, self.hcm.request_timeout) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        );
         if self.hcm.drop_underscore_headers {
             let names: Vec<http::HeaderName> = session
                 .req_header()
@@ -667,7 +408,20 @@ impl ProxyHttp for HttpHandler {
             peer.options.alpn = ALPN::H2;
         }
         if let Some(a) = &ctx.action {
-            let t = match (a.retry.as_ref().and_then(|r| r.per_try_timeout), a.timeout) {
+            // The route timeout spans every attempt; each attempt gets what remains of it.
+            let now = Instant::now();
+            if ctx.deadline.is_none() {
+                ctx.deadline = a.timeout.map(|t| now + t);
+            }
+            let remaining = ctx.deadline.map(|d| d.saturating_duration_since(now));
+            if remaining.is_some_and(|r| r.is_zero()) {
+                ctx.reply = Some(LocalReply {
+                    status: 504,
+                    body: "upstream request timeout",
+                });
+                return Err(local_error(504));
+            }
+            let t = match (a.retry.as_ref().and_then(|r| r.per_try_timeout), remaining) {
                 (Some(p), Some(t)) => Some(p.min(t)),
                 (p, t) => p.or(t),
             };
@@ -765,7 +519,7 @@ impl ProxyHttp for HttpHandler {
             most_specific,
             |l| &l.request_remove,
             |l| &l.request_add,
-            |add| self.render(&add.value, ctx, Some(session.req_header())),
+            |add| headers::render(&add.value, &ctx.vars(Some(session.req_header()))),
         );
         if let Some(t) = a.timeout {
             let _ =
@@ -791,6 +545,17 @@ impl ProxyHttp for HttpHandler {
         end: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let (Some(limit), Some(started)) = (self.hcm.request_timeout, ctx.started) {
+            if !end && started.elapsed() > limit {
+                ctx.reply = Some(LocalReply {
+                    status: 408,
+                    body: "request timeout",
+                });
+                return Err(
+                    Error::explain(ErrorType::ReadTimedout, "request_timeout expired").into_down(),
+                );
+            }
+        }
         if let Some(senders) = &mut ctx.mirrors {
             if let Some(chunk) = body {
                 // A shadow that cannot keep up is abandoned rather than slowing the original.
@@ -870,6 +635,20 @@ impl ProxyHttp for HttpHandler {
         Ok(())
     }
 
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        // A response still streaming when the route timeout expires is cut, as in Envoy.
+        if ctx.deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(Error::explain(ErrorType::ReadTimedout, "route timeout expired").into_up());
+        }
+        Ok(None)
+    }
+
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         if let Some(h) = ctx.host.take() {
             h.active.fetch_sub(1, Ordering::Relaxed);
@@ -877,40 +656,21 @@ impl ProxyHttp for HttpHandler {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let (status, body) = match (ctx.reply.take(), e.etype(), e.esource()) {
-            (Some(r), _, _) => (r.status, r.body),
-            (None, ErrorType::HTTPStatus(s), _) => (*s, ""),
-            (None, ErrorType::ReadTimedout | ErrorType::WriteTimedout, ErrorSource::Upstream) => (504, "upstream request timeout"),
-            (None, ErrorType::ConnectTimedout, _) => {
-                (503, "upstream connect error or disconnect/reset before headers. reset reason: connection timeout")
-            }
-            (None, ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute, _) => {
-                (503, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
-            }
-            (None, ErrorType::InvalidHTTPHeader | ErrorType::H1Error, ErrorSource::Upstream) => {
-                (502, "upstream connect error or disconnect/reset before headers. reset reason: protocol error")
-            }
-            (None, _, ErrorSource::Upstream) => {
-                (503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
-            }
-            (None, ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed, ErrorSource::Downstream) => {
-                return FailToProxy {
-                    error_code: 0,
-                    can_reuse_downstream: false,
+        let (status, body) = match ctx.reply.take() {
+            Some(r) => (r.status, r.body.to_string()),
+            None => match reply_for(e) {
+                Some(reply) => reply,
+                None => {
+                    return FailToProxy {
+                        error_code: 0,
+                        can_reuse_downstream: false,
+                    }
                 }
-            }
-            (None, _, ErrorSource::Downstream) => (400, ""),
-            (None, _, _) => (500, ""),
+            },
         };
         if session.response_written().is_none() {
             if let Err(err) = self
-                .send_local(
-                    session,
-                    status,
-                    Bytes::from_static(body.as_bytes()),
-                    &[],
-                    ctx,
-                )
+                .send_local(session, status, Bytes::from(body), &[], ctx)
                 .await
             {
                 tracing::debug!("cannot send local reply: {err}");
@@ -920,46 +680,5 @@ impl ProxyHttp for HttpHandler {
             error_code: status,
             can_reuse_downstream: false,
         }
-    }
-}
-
-/// A random version-4 UUID, as Envoy generates for x-request-id.
-fn uuid4() -> String {
-    let b: [u8; 16] = rand::random();
-    let (hi, lo) = (
-        u64::from_be_bytes(b[..8].try_into().unwrap()),
-        u64::from_be_bytes(b[8..].try_into().unwrap()),
-    );
-    let hi = (hi & !0xf000) | 0x4000;
-    let lo = (lo & !(0xc000 << 48)) | (0x8000 << 48);
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalizes_like_envoy() {
-        assert_eq!(
-            normalize("/a/./b/../c", true, false).as_deref(),
-            Some("/a/c")
-        );
-        assert_eq!(normalize("/a//b", false, true).as_deref(), Some("/a/b"));
-        assert_eq!(normalize("/..", true, false).as_deref(), Some("/"));
-    }
-
-    #[test]
-    fn uuid_has_version_4() {
-        let id = uuid4();
-        assert_eq!(id.len(), 36);
-        assert_eq!(&id[14..15], "4");
     }
 }

@@ -168,3 +168,56 @@ async fn oversized_headers_get_431() {
         String::from_utf8_lossy(&buf[..40.min(buf.len())])
     );
 }
+
+/// An upstream that accepts connections and never answers.
+async fn stalling_upstream() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_spans_all_retries() {
+    let stall = stalling_upstream().await;
+    let routes = "[ { match: { prefix: / }, route: { cluster: c, timeout: 0.6s, retry_policy: { retry_on: 5xx, num_retries: 5, per_try_timeout: 0.25s } } } ]";
+    let (_p, addr) = static_proxy(routes, &format!("[ {} ]", static_cluster("c", &[stall]))).await;
+    let start = std::time::Instant::now();
+    let (s, _, b) = get(addr, "/").await.unwrap();
+    assert_eq!((s, b.as_str()), (504, "upstream request timeout"));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(1400),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_answers_408() {
+    let (up, _) = scripted_upstream("up", |_| 200).await;
+    let routes = "[ { match: { prefix: / }, route: { cluster: c } } ]";
+    let (_p, addr) = static_proxy_with(
+        "request_timeout: 0.3s",
+        routes,
+        &format!("[ {} ]", static_cluster("c", &[up])),
+    )
+    .await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.ends_with("request timeout"), "{text}");
+}

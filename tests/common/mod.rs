@@ -239,6 +239,11 @@ pub async fn scripted_upstream(name: &'static str, status: fn(usize) -> u16) -> 
 /// Starts the proxy from a static bootstrap (listener on port 0, admin on port 0): `routes`
 /// is the YAML list of the virtual host's routes, `clusters` the YAML list of clusters.
 pub async fn static_proxy(routes: &str, clusters: &str) -> (Running, SocketAddr) {
+    static_proxy_with("", routes, clusters).await
+}
+
+/// Like [`static_proxy`], with more HTTP connection manager fields (`key: value`, one line).
+pub async fn static_proxy_with(hcm: &str, routes: &str, clusters: &str) -> (Running, SocketAddr) {
     let yaml = format!(
         r#"
 admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
@@ -252,6 +257,7 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: t
+          {hcm}
           route_config: {{ name: r, virtual_hosts: [ {{ name: v, domains: ["*"], routes: {routes} }} ] }}
           http_filters: [ {{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }} ]
   clusters: {clusters}

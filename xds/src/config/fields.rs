@@ -408,6 +408,7 @@ pub static RULES: &[Rule] = &[
             "generate_request_id",
             "normalize_path",
             "merge_slashes",
+            "request_timeout",
             "stream_idle_timeout",
             "common_http_protocol_options",
             "max_request_headers_kb",

@@ -60,6 +60,8 @@ pub struct HttpConnectionManager {
     pub always_set_request_id_in_response: bool,
     pub normalize_path: bool,
     pub merge_slashes: bool,
+    /// Time to receive the whole request (408 past it); disabled by default.
+    pub request_timeout: Option<Duration>,
     pub stream_idle_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub max_request_headers_kb: u32,
@@ -178,6 +180,7 @@ impl HttpConnectionManager {
             always_set_request_id_in_response: h.always_set_request_id_in_response,
             normalize_path: h.normalize_path.as_ref().is_some_and(|b| b.value),
             merge_slashes: h.merge_slashes,
+            request_timeout: timeout_or(h.request_timeout.as_ref(), None, "request_timeout")?,
             stream_idle_timeout: timeout_or(
                 h.stream_idle_timeout.as_ref(),
                 Some(Duration::from_secs(300)),

@@ -1,0 +1,91 @@
+//! Request preparation as Envoy's connection manager does it: the Host, path normalization,
+//! and request ids.
+
+use pingora_http::RequestHeader;
+
+pub(crate) fn host_of(req: &RequestHeader) -> String {
+    req.uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// `normalize_path` (RFC 3986 dot segments) and `merge_slashes`; None when the path is
+/// invalid (Envoy answers 400).
+pub(crate) fn normalize(path: &str, dots: bool, merge: bool) -> Option<String> {
+    let mut p = path.to_string();
+    if merge {
+        while p.contains("//") {
+            p = p.replace("//", "/");
+        }
+    }
+    if dots {
+        if !p.starts_with('/') {
+            return None;
+        }
+        let mut out: Vec<&str> = Vec::new();
+        let trailing = p.ends_with("/.") || p.ends_with("/..") || p.ends_with('/');
+        for seg in p.split('/').skip(1) {
+            match seg {
+                "." => {}
+                ".." => {
+                    out.pop();
+                }
+                s => out.push(s),
+            }
+        }
+        let mut joined = format!("/{}", out.join("/"));
+        if trailing && !joined.ends_with('/') {
+            joined.push('/');
+        }
+        p = joined;
+    }
+    Some(p)
+}
+
+/// A random version-4 UUID, as Envoy generates for x-request-id.
+pub(crate) fn uuid4() -> String {
+    let b: [u8; 16] = rand::random();
+    let (hi, lo) = (
+        u64::from_be_bytes(b[..8].try_into().unwrap()),
+        u64::from_be_bytes(b[8..].try_into().unwrap()),
+    );
+    let hi = (hi & !0xf000) | 0x4000;
+    let lo = (lo & !(0xc000 << 48)) | (0x8000 << 48);
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_like_envoy() {
+        assert_eq!(
+            normalize("/a/./b/../c", true, false).as_deref(),
+            Some("/a/c")
+        );
+        assert_eq!(normalize("/a//b", false, true).as_deref(), Some("/a/b"));
+        assert_eq!(normalize("/..", true, false).as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn uuid_has_version_4() {
+        let id = uuid4();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+    }
+}
