@@ -134,14 +134,18 @@ impl SentinelApp {
         let mut changes = snapshots.subscribe();
         let bound_w = bound.clone();
         tasks.push(tokio::spawn(async move {
+            let mut dns_tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 manager.sync().await;
                 bound_w.store(Arc::new(manager.addresses()));
-                tokio::select! {
-                    r = changes.changed() => if r.is_err() { return },
-                    _ = listeners::flipped(&mut stop_rx) => {
-                        manager.drain_all();
-                        return;
+                loop {
+                    tokio::select! {
+                        r = changes.changed() => if r.is_err() { return } else { break },
+                        _ = dns_tick.tick() => manager.refresh_dns().await,
+                        _ = listeners::flipped(&mut stop_rx) => {
+                            manager.drain_all();
+                            return;
+                        }
                     }
                 }
             }

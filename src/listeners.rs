@@ -218,6 +218,11 @@ impl ListenerManager {
         }
     }
 
+    /// Re-resolves DNS clusters that are due.
+    pub async fn refresh_dns(&self) {
+        self.clusters.refresh_dns(&self.snapshots.load()).await;
+    }
+
     /// Addresses actually bound (port 0 resolved), by listener name, sorted by name.
     pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
         let mut out: Vec<_> = self
@@ -270,7 +275,7 @@ impl ListenerManager {
     /// Brings the running listeners in line with the current snapshot.
     pub async fn sync(&mut self) {
         let snap = self.snapshots.load();
-        self.clusters.update(&snap);
+        self.clusters.update(&snap).await;
         let gone: Vec<String> = self
             .running
             .keys()

@@ -1,14 +1,16 @@
 //! The cluster manager: per-cluster runtime state (hosts and load-balancer counters).
 //!
 //! Rebuilt from each snapshot, reusing a cluster's state when neither its config nor its
-//! endpoints changed, so round-robin position and in-flight counts survive unrelated
-//! updates. Pingora pools upstream connections by peer, so pools survive endpoint updates.
-//! Reading it on the request path is one `ArcSwap` load.
+//! hosts changed, so round-robin position and in-flight counts survive unrelated updates.
+//! Pingora pools upstream connections by peer address, so pools survive endpoint updates.
+//! DNS clusters resolve asynchronously (never on a worker's hot path) and are re-resolved
+//! every `dns_refresh_rate`. Reading it on the request path is one `ArcSwap` load.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use sentinel_xds::config::cluster::{Discovery, LbPolicy};
@@ -31,8 +33,21 @@ pub struct ClusterRuntime {
     next: AtomicUsize,
 }
 
+/// A DNS name with its port, as endpoints carry them.
+type Name = (String, u16);
+
+/// Resolved names, and when each was last resolved.
+#[derive(Default)]
+struct DnsCache {
+    entries: HashMap<Name, (Vec<SocketAddr>, Instant)>,
+}
+
 impl ClusterRuntime {
-    fn build(config: Arc<Cluster>, endpoints: Option<Arc<ClusterLoadAssignment>>) -> Self {
+    fn build(
+        config: Arc<Cluster>,
+        endpoints: Option<Arc<ClusterLoadAssignment>>,
+        dns: &DnsCache,
+    ) -> Self {
         let mut hosts: Vec<(u32, Arc<Host>)> = Vec::new();
         if let Some(la) = &endpoints {
             for e in la
@@ -40,33 +55,29 @@ impl ClusterRuntime {
                 .iter()
                 .filter(|e| e.health != Health::Unhealthy)
             {
-                let addrs: Vec<SocketAddr> = match &e.address {
+                let addrs = match &e.address {
                     EndpointAddress::Ip(a) => vec![*a],
                     EndpointAddress::Dns { host, port } => {
-                        let resolved = (host.as_str(), *port)
-                            .to_socket_addrs()
-                            .map(|a| a.collect::<Vec<_>>());
-                        match resolved.map(|v| config.dns_family.select(v)) {
-                            Ok(v) if config.discovery == Discovery::LogicalDns => {
-                                v.into_iter().take(1).collect()
-                            }
-                            Ok(v) => v,
-                            Err(err) => {
-                                tracing::warn!(cluster = %config.name, %host, "DNS resolution failed: {err}");
-                                vec![]
-                            }
+                        let resolved = dns
+                            .entries
+                            .get(&(host.clone(), *port))
+                            .map(|(a, _)| a.clone())
+                            .unwrap_or_default();
+                        let resolved = config.dns_family.select(resolved);
+                        if config.discovery == Discovery::LogicalDns {
+                            resolved.into_iter().take(1).collect()
+                        } else {
+                            resolved
                         }
                     }
                 };
                 for addr in addrs {
-                    hosts.push((
-                        e.priority,
-                        Arc::new(Host {
-                            addr,
-                            weight: e.weight,
-                            active: AtomicUsize::new(0),
-                        }),
-                    ));
+                    let host = Host {
+                        addr,
+                        weight: e.weight,
+                        active: AtomicUsize::new(0),
+                    };
+                    hosts.push((e.priority, Arc::new(host)));
                 }
             }
         }
@@ -110,11 +121,50 @@ impl ClusterRuntime {
     pub fn hosts(&self) -> &[Arc<Host>] {
         &self.hosts
     }
+
+    fn same_hosts(&self, other: &ClusterRuntime) -> bool {
+        self.hosts.len() == other.hosts.len()
+            && self
+                .hosts
+                .iter()
+                .zip(&other.hosts)
+                .all(|(a, b)| a.addr == b.addr && a.weight == b.weight)
+    }
+}
+
+/// The DNS names a cluster's endpoints carry, with its refresh rate.
+fn dns_names(c: &Cluster, la: Option<&ClusterLoadAssignment>) -> Vec<(Name, Duration)> {
+    la.into_iter()
+        .flat_map(|la| &la.endpoints)
+        .filter_map(|e| match &e.address {
+            EndpointAddress::Dns { host, port } => {
+                Some(((host.clone(), *port), c.dns_refresh_rate))
+            }
+            EndpointAddress::Ip(_) => None,
+        })
+        .collect()
+}
+
+async fn resolve(name: &Name) -> Vec<SocketAddr> {
+    let lookup = tokio::net::lookup_host((name.0.as_str(), name.1));
+    match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+        Ok(Ok(addrs)) => addrs.collect(),
+        Ok(Err(e)) => {
+            tracing::warn!(host = %name.0, "DNS resolution failed: {e}");
+            vec![]
+        }
+        Err(_) => {
+            tracing::warn!(host = %name.0, "DNS resolution timed out");
+            vec![]
+        }
+    }
 }
 
 #[derive(Default)]
 pub struct ClusterManager {
     clusters: ArcSwap<HashMap<String, Arc<ClusterRuntime>>>,
+    /// Only the config task touches it (never the request path).
+    dns: Mutex<DnsCache>,
 }
 
 impl ClusterManager {
@@ -126,23 +176,84 @@ impl ClusterManager {
         self.clusters.load_full()
     }
 
-    /// Brings the runtime state in line with a snapshot.
-    pub fn update(&self, snap: &Snapshot) {
+    /// Brings the runtime state in line with a snapshot, resolving DNS names not seen yet.
+    pub async fn update(&self, snap: &Snapshot) {
+        let names: Vec<(Name, Duration)> = snap
+            .clusters
+            .values()
+            .flat_map(|c| dns_names(c, snap.endpoints_of(c).map(|a| a.as_ref())))
+            .collect();
+        let unknown: Vec<Name> = {
+            let dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+            names
+                .iter()
+                .map(|(n, _)| n.clone())
+                .filter(|n| !dns.entries.contains_key(n))
+                .collect()
+        };
+        self.resolve_into_cache(unknown).await;
+        self.rebuild(snap);
+    }
+
+    /// Re-resolves DNS names whose refresh time has come; rebuilds clusters whose hosts moved.
+    pub async fn refresh_dns(&self, snap: &Snapshot) {
+        let now = Instant::now();
+        let due: Vec<Name> = {
+            let dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+            snap.clusters
+                .values()
+                .flat_map(|c| dns_names(c, snap.endpoints_of(c).map(|a| a.as_ref())))
+                .filter(|(n, rate)| {
+                    dns.entries
+                        .get(n)
+                        .is_none_or(|(_, at)| now.duration_since(*at) >= *rate)
+                })
+                .map(|(n, _)| n)
+                .collect()
+        };
+        if !due.is_empty() {
+            self.resolve_into_cache(due).await;
+            self.rebuild(snap);
+        }
+    }
+
+    async fn resolve_into_cache(&self, names: Vec<Name>) {
+        for name in names {
+            let addrs = resolve(&name).await;
+            let mut dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+            dns.entries.insert(name, (addrs, Instant::now()));
+        }
+    }
+
+    fn rebuild(&self, snap: &Snapshot) {
+        let dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.clusters.load();
         let mut next = HashMap::with_capacity(snap.clusters.len());
         for (name, config) in &snap.clusters {
             let endpoints = snap.endpoints_of(config).cloned();
-            let reuse = old.get(name).filter(|rt| {
+            let same_config = |rt: &ClusterRuntime| {
                 Arc::ptr_eq(&rt.config, config)
                     && match (&rt.endpoints, &endpoints) {
                         (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
                         (None, None) => true,
                         _ => false,
                     }
-            });
-            let rt = match reuse {
-                Some(rt) => rt.clone(),
-                None => Arc::new(ClusterRuntime::build(config.clone(), endpoints)),
+            };
+            let is_dns = matches!(
+                config.discovery,
+                Discovery::StrictDns | Discovery::LogicalDns
+            );
+            let rt = match old.get(name).filter(|rt| same_config(rt)) {
+                Some(rt) if !is_dns => rt.clone(),
+                Some(rt) => {
+                    let fresh = ClusterRuntime::build(config.clone(), endpoints, &dns);
+                    if rt.same_hosts(&fresh) {
+                        rt.clone()
+                    } else {
+                        Arc::new(fresh)
+                    }
+                }
+                None => Arc::new(ClusterRuntime::build(config.clone(), endpoints, &dns)),
             };
             next.insert(name.clone(), rt);
         }

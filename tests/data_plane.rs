@@ -221,3 +221,25 @@ async fn request_timeout_answers_408() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.ends_with("request timeout"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_clusters_resolve_names() {
+    let (up, _) = scripted_upstream("by-name", |_| 200).await;
+    let cluster = |name: &str, kind: &str| {
+        format!(
+            "{{ name: {name}, type: {kind}, dns_lookup_family: V4_ONLY, dns_refresh_rate: 1s, connect_timeout: 1s, load_assignment: {{ cluster_name: {name}, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: localhost, port_value: {} }} }} }} }} ] }} ] }} }}",
+            up.port()
+        )
+    };
+    let routes = "[ { match: { prefix: /strict }, route: { cluster: strict } }, { match: { prefix: /logical }, route: { cluster: logical } } ]";
+    let clusters = format!(
+        "[ {}, {} ]",
+        cluster("strict", "STRICT_DNS"),
+        cluster("logical", "LOGICAL_DNS")
+    );
+    let (_p, addr) = static_proxy(routes, &clusters).await;
+    for path in ["/strict", "/logical"] {
+        let (s, _, b) = get(addr, path).await.unwrap();
+        assert_eq!((s, b.as_str()), (200, "by-name"), "{path}");
+    }
+}
