@@ -19,6 +19,7 @@ use crate::upstream::ClusterManager;
 pub struct AdminState {
     pub snapshots: SnapshotHandle,
     pub clusters: Arc<ClusterManager>,
+    pub stats: Arc<crate::stats::Registry>,
     pub listeners: Arc<arc_swap::ArcSwap<Vec<(String, SocketAddr)>>>,
     pub bootstrap: Value,
     pub node: Value,
@@ -184,6 +185,8 @@ const INDEX: &str = "<html><head><title>Envoy Admin</title></head><body><table>\
 <tr><td>/quitquitquit (POST)</td><td>exit the server</td></tr>\n\
 <tr><td><a href='/ready'>ready</a></td><td>print server state, return 200 if LIVE, otherwise return 503</td></tr>\n\
 <tr><td><a href='/server_info'>server_info</a></td><td>print server version/status information</td></tr>\n\
+<tr><td><a href='/stats'>stats</a></td><td>print server stats</td></tr>\n\
+<tr><td><a href='/stats/prometheus'>stats/prometheus</a></td><td>print server stats in prometheus format</td></tr>\n\
 </table></body></html>\n";
 
 fn handle(state: &AdminState, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
@@ -255,6 +258,8 @@ fn handle(state: &AdminState, req: &Request<hyper::body::Incoming>) -> Response<
                 reply(200, "text/plain; charset=UTF-8", body)
             }
         }
+        "/stats" => reply(200, "text/plain; charset=UTF-8", state.stats.text()),
+        "/stats/prometheus" => reply(200, "text/plain; version=0.0.4", state.stats.prometheus()),
         "/quitquitquit" if req.method() == hyper::Method::POST => {
             let _ = state.quit.send(());
             reply(200, "text/plain; charset=UTF-8", "OK\n".into())

@@ -15,6 +15,7 @@ pub mod proxy;
 mod request;
 pub mod retry;
 pub mod router;
+pub mod stats;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -114,20 +115,22 @@ impl SentinelApp {
         let stash = Arc::new(listeners::SocketStash::default());
         let client = XdsClient::new(&self.bootstrap, snapshots.clone(), Some(stash.clone()))?;
         let mut tasks = vec![tokio::spawn(client.run())];
-        let clusters = Arc::new(upstream::ClusterManager::default());
+        let stats = Arc::new(stats::Registry::default());
+        let clusters = Arc::new(upstream::ClusterManager::new(stats.clone()));
         let conf = Arc::new(ServerConf {
             threads: self.options.concurrency,
             // Attempts per request; route retry policies decide how many are used.
             max_retries: 16,
             ..ServerConf::default()
         });
-        let mut manager = listeners::ListenerManager::new(
-            snapshots.clone(),
-            clusters.clone(),
+        let shared = listeners::Shared {
+            snapshots: snapshots.clone(),
+            clusters: clusters.clone(),
             conf,
-            self.options.drain_time,
-        );
-        manager.stash = stash;
+            stats: stats.clone(),
+            stash,
+        };
+        let mut manager = listeners::ListenerManager::new(shared, self.options.drain_time);
         let connections = manager.connections.clone();
         let bound = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
         let (stop, mut stop_rx) = watch::channel(false);
@@ -161,6 +164,7 @@ impl SentinelApp {
             let state = Arc::new(admin::AdminState {
                 snapshots: snapshots.clone(),
                 clusters,
+                stats,
                 listeners: bound.clone(),
                 bootstrap: self.bootstrap.json.clone(),
                 node: sentinel_proto::to_json(&self.bootstrap.node_proto),

@@ -26,6 +26,7 @@ use sentinel_xds::{Snapshot, SnapshotHandle};
 use tokio::sync::watch;
 
 use crate::proxy::{DrainState, HttpHandler};
+use crate::stats::Registry;
 use crate::upstream::ClusterManager;
 use sentinel_xds::config::hcm::HttpConnectionManager;
 
@@ -185,42 +186,42 @@ struct Running {
     stop_accept: watch::Sender<bool>,
 }
 
+/// What every filter chain's handler shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub snapshots: SnapshotHandle,
+    pub clusters: Arc<ClusterManager>,
+    pub conf: Arc<ServerConf>,
+    pub stats: Arc<Registry>,
+    /// Sockets bound during validation.
+    pub stash: Arc<SocketStash>,
+}
+
 pub struct ListenerManager {
-    snapshots: SnapshotHandle,
-    clusters: Arc<ClusterManager>,
-    conf: Arc<ServerConf>,
+    shared: Shared,
     drain_time: Duration,
     running: HashMap<String, Running>,
     /// Open downstream connections, for a graceful exit.
     pub connections: Arc<AtomicUsize>,
     /// The snapshot of the last sync: what draining generations keep serving from.
     prev: Arc<Snapshot>,
-    /// Sockets bound during validation.
-    pub stash: Arc<SocketStash>,
 }
 
 impl ListenerManager {
-    pub fn new(
-        snapshots: SnapshotHandle,
-        clusters: Arc<ClusterManager>,
-        conf: Arc<ServerConf>,
-        drain_time: Duration,
-    ) -> Self {
+    pub fn new(shared: Shared, drain_time: Duration) -> Self {
         Self {
-            snapshots,
-            clusters,
-            conf,
+            shared,
             drain_time,
             running: HashMap::new(),
             connections: Arc::new(AtomicUsize::new(0)),
             prev: Arc::new(Snapshot::default()),
-            stash: Arc::default(),
         }
     }
 
     /// Re-resolves DNS clusters that are due.
     pub async fn refresh_dns(&self) {
-        self.clusters.refresh_dns(&self.snapshots.load()).await;
+        let snap = self.shared.snapshots.load();
+        self.shared.clusters.refresh_dns(&snap).await;
     }
 
     /// Addresses actually bound (port 0 resolved), by listener name, sorted by name.
@@ -234,24 +235,20 @@ impl ListenerManager {
         out
     }
 
-    fn generation(
-        snapshots: &SnapshotHandle,
-        clusters: &Arc<ClusterManager>,
-        conf: &Arc<ServerConf>,
-        l: &Listener,
-    ) -> Generation {
+    fn generation(shared: &Shared, l: &Listener) -> Generation {
         let mut drains = Vec::new();
         let mut build = |fc: &FilterChain| -> App {
             let hcm = Arc::new(fc.hcm.clone());
             let drain = Arc::new(DrainState::default());
             drains.push((hcm.clone(), drain.clone()));
             let handler = HttpHandler {
+                stats: shared.stats.http(&hcm.stat_prefix),
                 hcm,
-                snapshots: snapshots.clone(),
-                clusters: clusters.clone(),
+                snapshots: shared.snapshots.clone(),
+                clusters: shared.clusters.clone(),
                 drain,
             };
-            let mut proxy = pingora_proxy::http_proxy(conf, handler);
+            let mut proxy = pingora_proxy::http_proxy(&shared.conf, handler);
             let mut opts = HttpServerOptions::default();
             opts.h2c = fc.hcm.codec != Codec::Http1;
             proxy.server_options = Some(opts);
@@ -274,8 +271,8 @@ impl ListenerManager {
 
     /// Brings the running listeners in line with the current snapshot.
     pub async fn sync(&mut self) {
-        let snap = self.snapshots.load();
-        self.clusters.update(&snap).await;
+        let snap = self.shared.snapshots.load();
+        self.shared.clusters.update(&snap).await;
         let gone: Vec<String> = self
             .running
             .keys()
@@ -294,12 +291,7 @@ impl ListenerManager {
                 Some(r) if Arc::ptr_eq(&r.config, config) => {}
                 Some(r) if r.config.address == config.address => {
                     tracing::info!(listener = %name, "updating listener; draining the old filter chains");
-                    let next = Arc::new(Self::generation(
-                        &self.snapshots,
-                        &self.clusters,
-                        &self.conf,
-                        config,
-                    ));
+                    let next = Arc::new(Self::generation(&self.shared, config));
                     let old = r.current.swap(next);
                     r.config = config.clone();
                     old.drain(self.drain_time, old.apps(), &self.prev);
@@ -325,7 +317,7 @@ impl ListenerManager {
     }
 
     async fn start(&self, config: &Arc<Listener>) -> std::io::Result<Running> {
-        let socket = match self.stash.take(&config.name, config.address) {
+        let socket = match self.shared.stash.take(&config.name, config.address) {
             Some(s) => s,
             None => listen(config.address)?,
         };
@@ -334,11 +326,10 @@ impl ListenerManager {
         tracing::info!(listener = %config.name, address = %local, "listening");
         let listener = PingoraListener::from(tcp);
         let current = Arc::new(ArcSwap::from_pointee(Self::generation(
-            &self.snapshots,
-            &self.clusters,
-            &self.conf,
+            &self.shared,
             config,
         )));
+        let stats = self.shared.stats.listener(local);
         let (stop_accept, mut stop_rx) = watch::channel(false);
         let gens = current.clone();
         let connections = self.connections.clone();
@@ -360,19 +351,24 @@ impl ListenerManager {
                     .get_socket_digest()
                     .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
                 let Some(peer) = peer else { continue };
+                stats.downstream_cx_total.inc();
                 let Some(app) = g.select(local, peer).cloned() else {
+                    stats.no_filter_chain_match.inc();
                     tracing::debug!(%peer, "no filter chain matches; closing");
                     continue;
                 };
                 let draining = g.draining.subscribe();
                 let mut closed = g.closed.subscribe();
                 let connections = connections.clone();
+                let stats = stats.clone();
                 connections.fetch_add(1, Ordering::Relaxed);
+                stats.downstream_cx_active.inc();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = app.process_new(Box::new(stream), &draining) => {}
                         _ = flipped(&mut closed) => {}
                     }
+                    stats.downstream_cx_active.dec();
                     connections.fetch_sub(1, Ordering::Relaxed);
                 });
             }

@@ -37,6 +37,8 @@ pub struct HttpHandler {
     pub clusters: Arc<ClusterManager>,
     /// Set when this filter chain's listener version drains.
     pub drain: Arc<DrainState>,
+    /// `http.<stat_prefix>.*`
+    pub stats: Arc<crate::stats::HttpStats>,
 }
 
 /// What a draining listener version keeps: Envoy keeps the route configuration a draining
@@ -80,6 +82,8 @@ pub struct Ctx {
     pub(crate) deadline: Option<Instant>,
     /// When the request started, for the connection manager's `request_timeout`.
     pub(crate) started: Option<Instant>,
+    /// The request was counted in `downstream_rq_total` (and is active).
+    pub(crate) counted: bool,
     /// Bodies of shadow requests still being fed; None once mirrors were started.
     pub(crate) mirrors: Option<Vec<tokio::sync::mpsc::Sender<Bytes>>>,
 }
@@ -118,10 +122,15 @@ impl Ctx {
 impl HttpHandler {
     /// Whether the route's retry policy retries this failure of the current attempt.
     fn retry(&self, ctx: &Ctx, failure: Failure) -> bool {
-        ctx.action
+        let retry = ctx
+            .action
             .as_ref()
             .and_then(|a| a.retry.as_ref())
-            .is_some_and(|p| retry::should_retry(p, ctx.attempts, failure))
+            .is_some_and(|p| retry::should_retry(p, ctx.attempts, failure));
+        if let (true, Some(c)) = (retry, &ctx.cluster) {
+            c.stats.upstream_rq_retry.inc();
+        }
+        retry
     }
 
     fn route_config(&self, snap: &Snapshot) -> Option<Arc<RouteConfig>> {
@@ -145,6 +154,9 @@ impl ProxyHttp for HttpHandler {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.snapshots.load();
+        self.stats.downstream_rq_total.inc();
+        self.stats.downstream_rq_active.inc();
+        ctx.counted = true;
         ctx.downstream = session.client_addr().and_then(|a| a.as_inet()).copied();
         ctx.local = session.server_addr().and_then(|a| a.as_inet()).copied();
         ctx.protocol = match session.req_header().version {
@@ -278,6 +290,7 @@ impl ProxyHttp for HttpHandler {
             }
         }
         let Some(rc) = self.route_config(&snap) else {
+            self.stats.no_route.inc();
             self.send_local(session, 404, Bytes::new(), &[], ctx)
                 .await?;
             return Ok(true);
@@ -300,6 +313,7 @@ impl ProxyHttp for HttpHandler {
         });
         ctx.route_config = Some(rc.clone());
         let Some((v, i)) = matched else {
+            self.stats.no_route.inc();
             self.send_local(session, 404, Bytes::new(), &[], ctx)
                 .await?;
             return Ok(true);
@@ -307,11 +321,13 @@ impl ProxyHttp for HttpHandler {
         ctx.matched = Some((v, i));
         match &rc.virtual_hosts[v].routes[i].action {
             Action::Direct { status, body } => {
+                self.stats.rq_direct_response.inc();
                 let body = body.clone().unwrap_or_default();
                 self.send_local(session, *status, body, &[], ctx).await?;
                 Ok(true)
             }
             Action::Redirect(r) => {
+                self.stats.rq_redirect.inc();
                 use sentinel_xds::config::route::PathMatch;
                 let matched_prefix = match &rc.virtual_hosts[v].routes[i].matcher.path {
                     PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => {
@@ -366,6 +382,7 @@ impl ProxyHttp for HttpHandler {
                         Ok(false)
                     }
                     None => {
+                        self.stats.no_cluster.inc();
                         self.send_local(
                             session,
                             a.cluster_not_found_status,
@@ -390,6 +407,7 @@ impl ProxyHttp for HttpHandler {
         }
         ctx.attempts += 1;
         let Some(host) = cluster.pick() else {
+            cluster.stats.upstream_cx_none_healthy.inc();
             ctx.reply = Some(LocalReply {
                 status: 503,
                 body: "no healthy upstream",
@@ -399,7 +417,10 @@ impl ProxyHttp for HttpHandler {
         host.active.fetch_add(1, Ordering::Relaxed);
         if let Some(old) = ctx.host.replace(host.clone()) {
             old.active.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            cluster.stats.upstream_rq_active.inc();
         }
+        cluster.stats.upstream_rq_total.inc();
         let mut peer = HttpPeer::new(host.addr, false, String::new());
         let config = &cluster.config;
         peer.options.connection_timeout = Some(config.connect_timeout);
@@ -415,6 +436,7 @@ impl ProxyHttp for HttpHandler {
             }
             let remaining = ctx.deadline.map(|d| d.saturating_duration_since(now));
             if remaining.is_some_and(|r| r.is_zero()) {
+                cluster.stats.upstream_rq_timeout.inc();
                 ctx.reply = Some(LocalReply {
                     status: 504,
                     body: "upstream request timeout",
@@ -575,6 +597,9 @@ impl ProxyHttp for HttpHandler {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(c) = &ctx.cluster {
+            c.stats.upstream_cx_connect_fail.inc();
+        }
         e.set_retry(self.retry(ctx, Failure::Connect));
         e
     }
@@ -595,6 +620,14 @@ impl ProxyHttp for HttpHandler {
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => Failure::Timeout,
             _ => Failure::Reset,
         };
+        if let (Failure::Timeout, Some(c)) = (failure, &ctx.cluster) {
+            let per_try = ctx.deadline.is_none_or(|d| Instant::now() < d);
+            if per_try {
+                c.stats.upstream_rq_per_try_timeout.inc();
+            } else {
+                c.stats.upstream_rq_timeout.inc();
+            }
+        }
         let can =
             session.response_written().is_none() && !session.as_ref().retry_buffer_truncated();
         e.set_retry(can && *e.esource() == ErrorSource::Upstream && self.retry(ctx, failure));
@@ -608,6 +641,10 @@ impl ProxyHttp for HttpHandler {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = resp.status.as_u16();
+        if let Some(c) = &ctx.cluster {
+            c.stats.upstream_rq_xx.count(status);
+            c.stats.upstream_rq_completed.inc();
+        }
         if status >= 400
             && !session.as_ref().retry_buffer_truncated()
             && self.retry(ctx, Failure::Status(status))
@@ -649,9 +686,19 @@ impl ProxyHttp for HttpHandler {
         Ok(None)
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         if let Some(h) = ctx.host.take() {
             h.active.fetch_sub(1, Ordering::Relaxed);
+            if let Some(c) = &ctx.cluster {
+                c.stats.upstream_rq_active.dec();
+            }
+        }
+        if ctx.counted {
+            self.stats.downstream_rq_active.dec();
+            self.stats.downstream_rq_completed.inc();
+            if let Some(resp) = session.response_written() {
+                self.stats.downstream_rq_xx.count(resp.status.as_u16());
+            }
         }
     }
 

@@ -18,6 +18,8 @@ use sentinel_xds::config::endpoint::{ClusterLoadAssignment, EndpointAddress, Hea
 use sentinel_xds::config::Cluster;
 use sentinel_xds::Snapshot;
 
+use crate::stats::{ClusterStats, Registry};
+
 pub struct Host {
     pub addr: SocketAddr,
     pub weight: u32,
@@ -27,6 +29,7 @@ pub struct Host {
 
 pub struct ClusterRuntime {
     pub config: Arc<Cluster>,
+    pub stats: Arc<ClusterStats>,
     endpoints: Option<Arc<ClusterLoadAssignment>>,
     /// Healthy hosts of the highest-priority level that has any.
     hosts: Vec<Arc<Host>>,
@@ -47,6 +50,7 @@ impl ClusterRuntime {
         config: Arc<Cluster>,
         endpoints: Option<Arc<ClusterLoadAssignment>>,
         dns: &DnsCache,
+        stats: &Registry,
     ) -> Self {
         let mut hosts: Vec<(u32, Arc<Host>)> = Vec::new();
         if let Some(la) = &endpoints {
@@ -82,12 +86,15 @@ impl ClusterRuntime {
             }
         }
         let top = hosts.iter().map(|(p, _)| *p).min();
-        let hosts = hosts
+        let hosts: Vec<Arc<Host>> = hosts
             .into_iter()
             .filter(|(p, _)| Some(*p) == top)
             .map(|(_, h)| h)
             .collect();
+        let stats = stats.cluster(&config.name);
+        stats.membership_total.set(hosts.len() as i64);
         Self {
+            stats,
             config,
             endpoints,
             hosts,
@@ -160,14 +167,21 @@ async fn resolve(name: &Name) -> Vec<SocketAddr> {
     }
 }
 
-#[derive(Default)]
 pub struct ClusterManager {
     clusters: ArcSwap<HashMap<String, Arc<ClusterRuntime>>>,
     /// Only the config task touches it (never the request path).
     dns: Mutex<DnsCache>,
+    stats: Arc<Registry>,
 }
 
 impl ClusterManager {
+    pub fn new(stats: Arc<Registry>) -> Self {
+        Self {
+            clusters: ArcSwap::default(),
+            dns: Mutex::default(),
+            stats,
+        }
+    }
     pub fn get(&self, name: &str) -> Option<Arc<ClusterRuntime>> {
         self.clusters.load().get(name).cloned()
     }
@@ -246,14 +260,19 @@ impl ClusterManager {
             let rt = match old.get(name).filter(|rt| same_config(rt)) {
                 Some(rt) if !is_dns => rt.clone(),
                 Some(rt) => {
-                    let fresh = ClusterRuntime::build(config.clone(), endpoints, &dns);
+                    let fresh = ClusterRuntime::build(config.clone(), endpoints, &dns, &self.stats);
                     if rt.same_hosts(&fresh) {
                         rt.clone()
                     } else {
                         Arc::new(fresh)
                     }
                 }
-                None => Arc::new(ClusterRuntime::build(config.clone(), endpoints, &dns)),
+                None => Arc::new(ClusterRuntime::build(
+                    config.clone(),
+                    endpoints,
+                    &dns,
+                    &self.stats,
+                )),
             };
             next.insert(name.clone(), rt);
         }

@@ -243,3 +243,42 @@ async fn dns_clusters_resolve_names() {
         assert_eq!((s, b.as_str()), (200, "by-name"), "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_requests_under_envoy_names() {
+    let (up, _) = scripted_upstream("up", |n| if n == 0 { 503 } else { 200 }).await;
+    let routes = "[ { match: { prefix: /r }, route: { cluster: c, retry_policy: { retry_on: 5xx } } }, { match: { prefix: /dead }, route: { cluster: dead } } ]";
+    let clusters = format!(
+        "[ {}, {} ]",
+        static_cluster("c", &[up]),
+        static_cluster("dead", &[dead_port()])
+    );
+    let (p, addr) = static_proxy(routes, &clusters).await;
+    assert_eq!(get(addr, "/r").await.unwrap().0, 200);
+    assert_eq!(get(addr, "/dead").await.unwrap().0, 503);
+    assert_eq!(get(addr, "/none").await.unwrap().0, 404);
+    let (_, stats) = admin(&p, "/stats").await;
+    for line in [
+        "http.t.downstream_rq_total: 3",
+        "http.t.downstream_rq_2xx: 1",
+        "http.t.downstream_rq_4xx: 1",
+        "http.t.downstream_rq_5xx: 1",
+        "http.t.no_route: 1",
+        "cluster.c.upstream_rq_total: 2",
+        "cluster.c.upstream_rq_retry: 1",
+        "cluster.c.upstream_rq_5xx: 1",
+        "cluster.c.upstream_rq_2xx: 1",
+        "cluster.dead.upstream_cx_connect_fail: 1",
+        "cluster.c.membership_total: 1",
+    ] {
+        assert!(
+            stats.contains(&format!("{line}\n")),
+            "{line} missing in\n{stats}"
+        );
+    }
+    let (_, prom) = admin(&p, "/stats/prometheus").await;
+    assert!(
+        prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"c\"} 2"),
+        "{prom}"
+    );
+}
