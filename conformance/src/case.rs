@@ -1,0 +1,452 @@
+//! The case model: one YAML file under `conformance/cases/<group>/<name>.yaml` per case.
+//!
+//! A case file is read twice. First with every `{{placeholder}}` replaced by `1`, to learn
+//! the upstreams and check the shape; then, once the runner has bound the upstreams and picked
+//! free ports, with the real port numbers. Placeholders are textual, so they work anywhere in
+//! the file (a `port_value`, a Host header, an expected `location`):
+//! - `{{listener}}`: the port of the scaffold listener (and the default request target);
+//! - `{{upstream.NAME}}`: the port of upstream `NAME`;
+//! - `{{port.NAME}}`: one more free port (a second listener, say);
+//! - `{{host_ip}}`: the host's first non-loopback IPv4 address (see `host.rs`).
+//!
+//! The format is described in `conformance/cases/README.md`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use regex::Regex;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// The longest `wait_ms` a step may ask for.
+pub const MAX_WAIT_MS: u64 = 10_000;
+/// The longest per-request timeout a case may ask for.
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// The most times one request may be repeated.
+pub const MAX_REPEAT: u32 = 50;
+
+/// One conformance case.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub description: String,
+    /// Serve xDS as delta (incremental) ADS instead of state-of-the-world.
+    #[serde(default)]
+    pub delta: bool,
+    /// The in-process upstreams, by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    /// What the runner adds to `resources` (see [`Scaffold`]); both by default.
+    #[serde(default = "default_scaffold")]
+    pub scaffold: Vec<Scaffold>,
+    /// Fields merged into the scaffold listener's HttpConnectionManager.
+    #[serde(default)]
+    pub hcm: serde_yaml::Mapping,
+    /// The initial xDS resources (version "1"), Envoy YAML with `"@type"`.
+    #[serde(default)]
+    pub resources: Vec<Value>,
+    /// Wait for the admin `/ready` and for the listener to accept before the first step.
+    #[serde(default = "yes")]
+    pub wait_ready: bool,
+    pub steps: Vec<Step>,
+}
+
+/// Resources the runner generates so that cases only write what they are about.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Scaffold {
+    /// Listener `listener_0` on `{{listener}}`: an HttpConnectionManager (codec AUTO, the
+    /// router filter, the case's `hcm` fields) whose routes come by RDS as `route_0`.
+    Listener,
+    /// For every upstream without a Cluster of its name: an EDS cluster of that name and its
+    /// ClusterLoadAssignment pointing at the upstream.
+    Clusters,
+}
+
+fn default_scaffold() -> Vec<Scaffold> {
+    vec![Scaffold::Listener, Scaffold::Clusters]
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How an upstream answers. By default: 200, header `x-upstream: NAME`, and a JSON body that
+/// describes the request it saw (method, path, host, headers, body).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Wait this long before answering.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// Extra response headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A fixed body instead of the JSON echo (then `seen` cannot be checked).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Read the request, then close the connection without answering.
+    #[serde(default)]
+    pub close: bool,
+    /// Read the request, then reset the connection (RST).
+    #[serde(default)]
+    pub reset: bool,
+    /// Nothing listens on the port: connections are refused.
+    #[serde(default)]
+    pub refuse: bool,
+}
+
+/// One step: an optional control-plane action, then requests.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Shuts the control plane down (streams end, the port is released).
+    #[serde(default)]
+    pub stop_control_plane: bool,
+    /// Starts the control plane again on the same port with the current snapshot.
+    #[serde(default)]
+    pub start_control_plane: bool,
+    /// Stop, then start (before `push`).
+    #[serde(default)]
+    pub restart_control_plane: bool,
+    /// A new resource set, served as the next version.
+    #[serde(default)]
+    pub push: Option<Push>,
+    /// Types that must be ACKed at the current version (after a push or a start).
+    #[serde(default)]
+    pub ack: Option<OneOrMany<TypeName>>,
+    /// Types that must be NACKed after the push.
+    #[serde(default)]
+    pub nack: Option<OneOrMany<TypeName>>,
+    /// Text the NACK's error detail must contain (keep it to a resource name).
+    #[serde(default)]
+    pub nack_contains: Option<String>,
+    /// Sleep this long (at most [`MAX_WAIT_MS`]).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+    /// Retry the requests (up to 5 s) until they pass. Defaults to true when the step
+    /// changed the configuration or the control plane, false otherwise.
+    #[serde(default)]
+    pub eventually: Option<bool>,
+    #[serde(default)]
+    pub requests: Vec<Request>,
+}
+
+/// A new resource set for a push.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Push {
+    #[serde(default)]
+    pub resources: Vec<Value>,
+    /// Overrides the case's scaffold for this version.
+    #[serde(default)]
+    pub scaffold: Option<Vec<Scaffold>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// An xDS resource type, by its short name.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TypeName {
+    Listener,
+    Route,
+    Cluster,
+    Endpoint,
+}
+
+impl TypeName {
+    pub fn type_url(self) -> &'static str {
+        use control_plane_mock::resource;
+        match self {
+            TypeName::Listener => resource::LISTENER,
+            TypeName::Route => resource::ROUTE,
+            TypeName::Cluster => resource::CLUSTER,
+            TypeName::Endpoint => resource::ENDPOINT,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    H2c,
+}
+
+/// One request to the proxy and what must come back.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// The Host header (HTTP/1) or `:authority` (h2c).
+    #[serde(default = "default_host", alias = "authority")]
+    pub host: String,
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Request headers; a list value sends the header once per item.
+    #[serde(default)]
+    pub headers: BTreeMap<String, OneOrMany<String>>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// A gRPC call: POST, h2c, `content-type: application/grpc`, `te: trailers`.
+    #[serde(default)]
+    pub grpc: bool,
+    /// Which port placeholder to send to: `listener` (default) or a `port.NAME` name.
+    #[serde(default)]
+    pub port: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Send it this many times (each must pass).
+    #[serde(default)]
+    pub repeat: Option<u32>,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+fn default_host() -> String {
+    "example.com".into()
+}
+fn default_path() -> String {
+    "/".into()
+}
+
+/// What a response must look like. Unset fields are not checked.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub status: Option<u16>,
+    /// The upstream that answered (its `x-upstream` header), or `none` for a local answer.
+    pub upstream: Option<String>,
+    /// What the upstream saw.
+    pub seen: Option<Seen>,
+    /// Response headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderExpect>,
+    pub body: Option<BodyExpect>,
+    /// The request must fail: `connect` (the connection is refused) or `any` (no response).
+    pub error: Option<ErrorKind>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    Connect,
+    Any,
+}
+
+/// What the upstream saw, from its JSON echo.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seen {
+    pub method: Option<String>,
+    /// Path and query.
+    pub path: Option<String>,
+    pub host: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderExpect>,
+    pub body: Option<String>,
+}
+
+/// A header expectation: a plain string means `equals`. A header is compared as one value:
+/// its field lines joined with `,`, without whitespace around commas (on both sides), so
+/// `a, b`, `a,b` and two lines `a` and `b` are equal (RFC 9110 section 5.3).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum HeaderExpect {
+    Equals(String),
+    Rule(HeaderRule),
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRule {
+    pub present: Option<bool>,
+    pub equals: Option<String>,
+    pub contains: Option<String>,
+    /// A regex the whole value must match.
+    pub matches: Option<String>,
+}
+
+/// A body expectation: a plain string means `equals`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum BodyExpect {
+    Equals(String),
+    Rule {
+        equals: Option<String>,
+        contains: Option<String>,
+    },
+}
+
+/// A case file: its id (`group/name`), its text, and the parsed shape.
+pub struct CaseFile {
+    pub id: String,
+    pub text: String,
+    pub case: Case,
+}
+
+/// The placeholders a text uses: `listener`, `upstream.NAME`, `port.NAME`.
+pub fn placeholders(text: &str) -> Vec<String> {
+    let re = placeholder_regex();
+    let mut names: Vec<String> = re.captures_iter(text).map(|c| c[1].to_string()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn placeholder_regex() -> Regex {
+    Regex::new(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}").expect("static regex")
+}
+
+/// Replaces every placeholder by `value(name)`.
+pub fn substitute(text: &str, value: impl Fn(&str) -> Option<String>) -> Result<String> {
+    let re = placeholder_regex();
+    let mut missing = None;
+    let out = re.replace_all(text, |c: &regex::Captures<'_>| {
+        value(&c[1]).unwrap_or_else(|| {
+            missing = Some(c[1].to_string());
+            String::new()
+        })
+    });
+    if let Some(name) = missing {
+        bail!("unknown placeholder {{{{{name}}}}}");
+    }
+    Ok(out.into_owned())
+}
+
+/// Parses a case from its text after placeholders were substituted.
+pub fn parse(text: &str) -> Result<Case> {
+    let case: Case = serde_yaml::from_str(text)?;
+    validate(&case)?;
+    Ok(case)
+}
+
+fn validate(case: &Case) -> Result<()> {
+    if case.steps.is_empty() {
+        bail!("a case needs at least one step");
+    }
+    for (i, step) in case.steps.iter().enumerate() {
+        let at = |msg: String| anyhow::anyhow!("steps[{i}]: {msg}");
+        if step.wait_ms.unwrap_or(0) > MAX_WAIT_MS {
+            return Err(at(format!("wait_ms is at most {MAX_WAIT_MS}")));
+        }
+        let serves_anew =
+            step.push.is_some() || step.start_control_plane || step.restart_control_plane;
+        if (step.ack.is_some() || step.nack.is_some()) && !serves_anew {
+            return Err(at("ack/nack need a push or a control-plane start".into()));
+        }
+        for req in &step.requests {
+            if req.timeout_ms.unwrap_or(0) > MAX_REQUEST_TIMEOUT_MS {
+                return Err(at(format!(
+                    "timeout_ms is at most {MAX_REQUEST_TIMEOUT_MS}"
+                )));
+            }
+            if req.repeat.unwrap_or(1) > MAX_REPEAT {
+                return Err(at(format!("repeat is at most {MAX_REPEAT}")));
+            }
+            if let Some(u) = &req.expect.upstream {
+                if u != "none" && !case.upstreams.contains_key(u) {
+                    return Err(at(format!("expect.upstream {u:?} is not an upstream")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads every case under `dir` (`<group>/<name>.yaml`), sorted by id, checking each parses.
+pub fn load_all(dir: &Path) -> Result<Vec<CaseFile>> {
+    let mut out = Vec::new();
+    let groups = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for group in groups {
+        let group = group?.path();
+        if !group.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(&group)? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+                continue;
+            }
+            let id = format!(
+                "{}/{}",
+                file_stem(&group),
+                path.file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default()
+            );
+            let text = std::fs::read_to_string(&path)?;
+            let probe = substitute(&text, |_| Some("1".into()))?;
+            let case = parse(&probe).with_context(|| format!("{}", path.display()))?;
+            out.push(CaseFile { id, text, case });
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+fn file_stem(p: &Path) -> String {
+    p.file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_found_and_substituted() {
+        let text = "a: {{listener}}\nb: {{ upstream.x }}\nc: {{listener}}";
+        assert_eq!(placeholders(text), ["listener", "upstream.x"]);
+        let out = substitute(text, |n| Some(n.len().to_string())).unwrap();
+        assert_eq!(out, "a: 8\nb: 10\nc: 8");
+        assert!(substitute(text, |_| None).is_err());
+    }
+
+    #[test]
+    fn a_minimal_case_parses() {
+        let case = parse(
+            "description: d\nupstreams: { a: {} }\nsteps:\n  - requests:\n      - { path: /x, expect: { status: 200, upstream: a, headers: { x: y, z: { present: false } } } }\n",
+        )
+        .unwrap();
+        assert_eq!(case.scaffold, default_scaffold());
+        let req = &case.steps[0].requests[0];
+        assert_eq!(req.host, "example.com");
+        assert!(matches!(
+            req.expect.headers["z"],
+            HeaderExpect::Rule(HeaderRule {
+                present: Some(false),
+                ..
+            })
+        ));
+        assert!(parse("description: d\nsteps: []\n").is_err());
+        assert!(parse("description: d\nbogus: 1\nsteps: [ {} ]\n").is_err());
+    }
+}

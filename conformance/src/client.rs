@@ -1,0 +1,173 @@
+//! A minimal HTTP client: one fresh connection per request, HTTP/1.1 or h2c (prior
+//! knowledge), with the Host/`:authority` set exactly as the case says.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::case::Protocol;
+
+/// What to send.
+pub struct Outgoing<'a> {
+    pub port: u16,
+    pub protocol: Protocol,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<&'a str>,
+    pub timeout: Duration,
+}
+
+/// What came back. Header names are lowercase, one entry per field line.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    /// Every field line of a header, in order (empty when absent).
+    pub fn lines(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The `x-upstream` header: which upstream answered.
+    pub fn upstream(&self) -> Option<String> {
+        self.lines("x-upstream").into_iter().next()
+    }
+}
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum Failure {
+    /// The TCP connection could not be made (refused, or timed out).
+    Connect(String),
+    /// Connected, but no complete response came back.
+    Exchange(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(e) => write!(f, "connect failed: {e}"),
+            Failure::Exchange(e) => write!(f, "no response: {e}"),
+        }
+    }
+}
+
+pub async fn send(out: &Outgoing<'_>) -> Result<Response, Failure> {
+    let connect = tokio::time::timeout(
+        Duration::from_secs(2),
+        TcpStream::connect(("127.0.0.1", out.port)),
+    );
+    let stream = match connect.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(Failure::Connect(e.to_string())),
+        Err(_) => return Err(Failure::Connect("timed out".into())),
+    };
+    let _ = stream.set_nodelay(true);
+    match tokio::time::timeout(out.timeout, exchange(stream, out)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(Failure::Exchange(format!("{e:#}"))),
+        Err(_) => Err(Failure::Exchange(format!(
+            "timed out after {} ms",
+            out.timeout.as_millis()
+        ))),
+    }
+}
+
+async fn exchange(stream: TcpStream, out: &Outgoing<'_>) -> Result<Response> {
+    let io = TokioIo::new(stream);
+    let body = Full::new(Bytes::from(out.body.unwrap_or_default().to_string()));
+    let mut builder = hyper::Request::builder().method(out.method);
+    let response = match out.protocol {
+        Protocol::Http1 => {
+            builder = builder.uri(out.path).header("host", out.host);
+            for (k, v) in &out.headers {
+                builder = builder.header(k.as_str(), v.as_str());
+            }
+            let req = builder.body(body).context("building the request")?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+            let driver = tokio::spawn(conn);
+            let resp = sender.send_request(req).await;
+            let resp = finish(resp).await;
+            driver.abort();
+            resp?
+        }
+        Protocol::H2c => {
+            builder = builder.uri(format!("http://{}{}", out.host, out.path));
+            for (k, v) in &out.headers {
+                builder = builder.header(k.as_str(), v.as_str());
+            }
+            let req = builder.body(body).context("building the request")?;
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            let driver = tokio::spawn(conn);
+            let resp = sender.send_request(req).await;
+            let resp = finish(resp).await;
+            driver.abort();
+            resp?
+        }
+    };
+    Ok(response)
+}
+
+async fn finish(resp: hyper::Result<hyper::Response<hyper::body::Incoming>>) -> Result<Response> {
+    let resp = resp?;
+    let status = resp.status().as_u16();
+    let mut headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let collected = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| anyhow!("reading the body: {e}"))?;
+    // gRPC answers carry their status in trailers; expectations see them as headers.
+    if let Some(trailers) = collected.trailers() {
+        for (k, v) in trailers {
+            headers.push((
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            ));
+        }
+    }
+    let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A plain GET to the admin interface: the status and body, or `None` when it does not answer.
+pub async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let out = Outgoing {
+        port,
+        protocol: Protocol::Http1,
+        method: "GET",
+        host: "127.0.0.1",
+        path,
+        headers: Vec::new(),
+        body: None,
+        timeout: Duration::from_secs(2),
+    };
+    send(&out).await.ok().map(|r| (r.status, r.body))
+}

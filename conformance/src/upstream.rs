@@ -1,0 +1,160 @@
+//! In-process upstreams: hyper servers (HTTP/1.1 and h2c) that answer with `x-upstream: NAME`
+//! and a JSON body describing the request they saw, unless the case asks for another
+//! behaviour (status, delay, headers, fixed body, close, reset, refuse).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::case::UpstreamSpec;
+
+/// The longest a `close`/`reset` upstream reads before giving up on the request head.
+const READ_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A running upstream; dropping it stops accepting.
+pub struct Upstream {
+    pub port: u16,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts an upstream on a free loopback port. A `refuse` upstream only reserves a port
+/// number: it binds one and releases it at once, so connections to it are refused.
+pub async fn start(name: &str, spec: &UpstreamSpec) -> Result<Upstream> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    if spec.refuse {
+        drop(listener);
+        return Ok(Upstream { port, task: None });
+    }
+    let name = name.to_string();
+    let spec = spec.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            let (name, spec) = (name.clone(), spec.clone());
+            tokio::spawn(serve_connection(stream, name, spec));
+        }
+    });
+    Ok(Upstream {
+        port,
+        task: Some(task),
+    })
+}
+
+async fn serve_connection(mut stream: TcpStream, name: String, spec: UpstreamSpec) {
+    if spec.close || spec.reset {
+        read_head(&mut stream).await;
+        if spec.reset {
+            let _ = stream.set_zero_linger();
+        }
+        drop(stream);
+        return;
+    }
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let (name, spec) = (name.clone(), spec.clone());
+        async move { Ok::<_, Infallible>(answer(req, &name, &spec).await) }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// Reads until the end of a request head (or a timeout, or EOF).
+async fn read_head(stream: &mut TcpStream) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let _ = tokio::time::timeout(READ_HEAD_TIMEOUT, async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() > 64 * 1024 {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+async fn answer(
+    req: hyper::Request<Incoming>,
+    name: &str,
+    spec: &UpstreamSpec,
+) -> hyper::Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if let Some(ms) = spec.delay_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    // Every field line, in order, per (lowercase) name.
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in &parts.headers {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        headers.entry(k.as_str().to_string()).or_default().push(v);
+    }
+    let host = headers
+        .get("host")
+        .and_then(|lines| lines.first().cloned())
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let echo = json!({
+        "upstream": name,
+        "method": parts.method.as_str(),
+        "path": path,
+        "host": host,
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    let out_body = match &spec.body {
+        Some(b) => b.clone(),
+        None => echo.to_string(),
+    };
+    let mut resp = hyper::Response::builder()
+        .status(spec.status.unwrap_or(200))
+        .header("x-upstream", name);
+    if spec.body.is_none() {
+        resp = resp.header("content-type", "application/json");
+    }
+    for (k, v) in &spec.headers {
+        resp = resp.header(k.as_str(), v.as_str());
+    }
+    resp.body(Full::new(Bytes::from(out_body)))
+        .unwrap_or_else(|e| {
+            let mut r =
+                hyper::Response::new(Full::new(Bytes::from(format!("bad upstream spec: {e}"))));
+            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        })
+}
