@@ -32,18 +32,10 @@ pub fn start(cluster: Arc<ClusterRuntime>, req: &RequestHeader) -> Option<mpsc::
             builder = builder.header(name, value);
         }
     }
-    let authority = req
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    builder = builder.header(http::header::HOST, shadow_host(&authority));
+    builder = builder.header(
+        http::header::HOST,
+        shadow_host(&crate::request::host_of(req)),
+    );
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let body =
         StreamBody::new(ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b))));

@@ -126,15 +126,7 @@ async fn local_replies_match_envoy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_timeout_is_504() {
-    // An upstream that accepts and never answers.
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stall = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            held.push(s);
-        }
-    });
+    let stall = stalling_upstream().await;
     let routes = "[ { match: { prefix: / }, route: { cluster: c, timeout: 0.3s } } ]";
     let (_p, addr) = static_proxy(routes, &format!("[ {} ]", static_cluster("c", &[stall]))).await;
     let start = std::time::Instant::now();

@@ -115,7 +115,10 @@ pub fn any_to_json(any: &pb::google::protobuf::Any) -> Result<serde_json::Value,
         .unwrap_or(&any.type_url);
     let mut value = bytes_to_json(name, &any.value)?;
     if let serde_json::Value::Object(map) = &mut value {
-        map.insert("@type".into(), serde_json::Value::String(any.type_url.clone()));
+        map.insert(
+            "@type".into(),
+            serde_json::Value::String(any.type_url.clone()),
+        );
     }
     Ok(value)
 }
@@ -193,9 +196,15 @@ static_resources:
         let b: Bootstrap = from_json(&parse_text(text).unwrap()).unwrap();
         assert_eq!(b.node.as_ref().unwrap().id, "n1");
         let sr = b.static_resources.as_ref().unwrap();
-        assert_eq!(sr.clusters[0].connect_timeout.as_ref().unwrap().nanos, 250_000_000);
+        assert_eq!(
+            sr.clusters[0].connect_timeout.as_ref().unwrap().nanos,
+            250_000_000
+        );
         let json = to_json(&b);
-        assert_eq!(json["static_resources"]["clusters"][0]["connect_timeout"], "0.250s");
+        assert_eq!(
+            json["static_resources"]["clusters"][0]["connect_timeout"],
+            "0.250s"
+        );
         let l: Listener = from_json(&json["static_resources"]["listeners"][0]).unwrap();
         assert_eq!(l.name, "l1");
     }

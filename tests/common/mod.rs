@@ -153,22 +153,7 @@ pub async fn listener_addr(p: &Running, name: &str) -> SocketAddr {
 
 /// A plain HTTP/1.1 GET; returns (status, headers text, body).
 pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await??;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, head.to_ascii_lowercase(), body.to_string()))
+    send(addr, "GET", path, "").await
 }
 
 /// An admin endpoint's status and body.

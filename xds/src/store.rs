@@ -39,6 +39,26 @@ pub struct Update {
     pub full_state: bool,
 }
 
+impl Update {
+    /// A state-of-the-world update (or a file): LDS/CDS are the full set, RDS/EDS partial.
+    pub fn sotw(type_url: &str, version_info: String, resources: Vec<Any>) -> Self {
+        Self {
+            type_url: type_url.to_string(),
+            version_info,
+            resources: resources
+                .into_iter()
+                .map(|resource| Incoming {
+                    name: None,
+                    version: None,
+                    resource,
+                })
+                .collect(),
+            removed: vec![],
+            full_state: types::is_wildcard(type_url),
+        }
+    }
+}
+
 struct Entry<T> {
     config: Arc<T>,
     raw: Any,

@@ -337,21 +337,7 @@ impl XdsClient {
                     self.nack_unknown(&key, resp.type_url, resp.nonce);
                     return;
                 };
-                let update = Update {
-                    type_url: resp.type_url.clone(),
-                    version_info: resp.version_info.clone(),
-                    resources: resp
-                        .resources
-                        .into_iter()
-                        .map(|r| Incoming {
-                            name: None,
-                            version: None,
-                            resource: r,
-                        })
-                        .collect(),
-                    removed: vec![],
-                    full_state: types::is_wildcard(type_url),
-                };
+                let update = Update::sotw(type_url, resp.version_info.clone(), resp.resources);
                 let result = self.store.apply(update, Instant::now());
                 let version = self.store.version_info(type_url);
                 let Some(state) = self.streams.get_mut(&key) else {
@@ -453,21 +439,7 @@ impl XdsClient {
     }
 
     fn on_file(&mut self, f: file::FileUpdate) {
-        let update = Update {
-            type_url: f.type_url.to_string(),
-            version_info: f.version_info,
-            resources: f
-                .resources
-                .into_iter()
-                .map(|r| Incoming {
-                    name: None,
-                    version: None,
-                    resource: r,
-                })
-                .collect(),
-            removed: vec![],
-            full_state: types::is_wildcard(f.type_url),
-        };
+        let update = Update::sotw(f.type_url, f.version_info, f.resources);
         if let Err(e) = self.store.apply(update, Instant::now()) {
             tracing::warn!(path = %f.path.display(), "rejected file update: {e}");
         }
