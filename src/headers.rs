@@ -38,6 +38,14 @@ pub(crate) fn render(t: &Template, v: &Vars<'_>) -> String {
             Part::DownstreamRemoteAddressWithoutPort => out.push_str(&addr(v.downstream, false)),
             Part::DownstreamLocalAddress => out.push_str(&addr(v.local, true)),
             Part::DownstreamLocalAddressWithoutPort => out.push_str(&addr(v.local, false)),
+            Part::DownstreamLocalPort => {
+                out.push_str(&v.local.map(|a| a.port().to_string()).unwrap_or_default())
+            }
+            Part::DownstreamRemotePort => out.push_str(
+                &v.downstream
+                    .map(|a| a.port().to_string())
+                    .unwrap_or_default(),
+            ),
             Part::Protocol => out.push_str(v.protocol),
             Part::UpstreamRemoteAddress => out.push_str(&addr(v.upstream, true)),
             Part::Hostname => out.push_str(&HOSTNAME),

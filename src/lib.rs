@@ -11,6 +11,7 @@ mod headers;
 pub mod listeners;
 mod local_reply;
 pub mod mirror;
+pub mod net;
 pub mod proxy;
 mod request;
 pub mod retry;

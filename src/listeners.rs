@@ -130,21 +130,24 @@ fn best_cidr(ranges: &[CidrRange], ip: IpAddr) -> Option<Option<u32>> {
 /// listener manager to take them. Touched only when config changes, never per request.
 #[derive(Default)]
 pub struct SocketStash {
-    sockets: std::sync::Mutex<HashMap<String, std::net::TcpListener>>,
+    /// Bound, not yet listening: a warming listener refuses connections, as in Envoy.
+    sockets: std::sync::Mutex<HashMap<String, socket2::Socket>>,
 }
 
 impl SocketStash {
+    /// The bound socket for this listener, now listening.
     fn take(&self, name: &str, addr: SocketAddr) -> Option<std::net::TcpListener> {
         let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
         let s = sockets.remove(name)?;
-        let local = s.local_addr().ok()?;
-        (local.ip() == addr.ip() && (addr.port() == 0 || addr.port() == local.port())).then_some(s)
+        let local = s.local_addr().ok()?.as_socket()?;
+        let same = local.ip() == addr.ip() && (addr.port() == 0 || addr.port() == local.port());
+        (same && s.listen(1024).is_ok()).then(|| s.into())
     }
 }
 
 impl sentinel_xds::store::ListenerBinder for SocketStash {
     fn bind(&self, name: &str, addr: SocketAddr) -> Result<(), String> {
-        let socket = listen(addr).map_err(|e| e.to_string())?;
+        let socket = bind(addr).map_err(|e| e.to_string())?;
         self.sockets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -160,16 +163,19 @@ impl sentinel_xds::store::ListenerBinder for SocketStash {
     }
 }
 
-/// A listening, non-blocking socket with SO_REUSEADDR and Envoy's default backlog (1024).
-fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
+/// A bound, non-blocking socket with SO_REUSEADDR.
+fn bind(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// A listening socket with Envoy's default backlog (1024).
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = bind(addr)?;
     socket.listen(1024)?;
     Ok(socket.into())
 }

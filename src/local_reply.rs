@@ -45,6 +45,18 @@ pub(crate) fn reply_for(e: &Error) -> Option<(u16, String)> {
     })
 }
 
+/// Envoy's mapping of an HTTP status to a gRPC status (`Grpc::Utility::httpToGrpcStatus`).
+fn grpc_status(http: u16) -> u32 {
+    match http {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
 impl HttpHandler {
     pub(crate) async fn send_local(
         &self,
@@ -54,10 +66,32 @@ impl HttpHandler {
         extra: &[(&str, String)],
         ctx: &Ctx,
     ) -> Result<()> {
-        let mut resp = ResponseHeader::build(status, Some(4))?;
-        if !body.is_empty() {
-            resp.insert_header("content-type", "text/plain")?;
+        let grpc = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        let mut resp;
+        if grpc && status != 200 {
+            // gRPC clients read errors from grpc-status: a trailers-only answer, as in Envoy.
+            resp = ResponseHeader::build(200, Some(4))?;
+            resp.insert_header("content-type", "application/grpc")?;
+            resp.insert_header("grpc-status", grpc_status(status).to_string())?;
+            if !body.is_empty() {
+                resp.insert_header("grpc-message", String::from_utf8_lossy(&body).as_ref())?;
+            }
+        } else {
+            resp = ResponseHeader::build(status, Some(4))?;
+            if !body.is_empty() {
+                resp.insert_header("content-type", "text/plain")?;
+            }
         }
+        let body = if grpc && status != 200 {
+            Bytes::new()
+        } else {
+            body
+        };
         resp.insert_header("content-length", body.len().to_string())?;
         for (k, v) in extra {
             resp.insert_header(k.to_string(), v.as_str())?;
@@ -67,12 +101,12 @@ impl HttpHandler {
             "date",
             httpdate::fmt_http_date(std::time::SystemTime::now()),
         )?;
-        let end = body.is_empty() || session.req_header().method == http::Method::HEAD;
+        let head = session.req_header().method == http::Method::HEAD;
+        let end = body.is_empty() || head;
         session.write_response_header(Box::new(resp), end).await?;
-        if !end {
-            session.write_response_body(Some(body), true).await?;
-        }
-        Ok(())
+        // The header write does not end the stream by itself (HTTP/2 would see a reset).
+        let body = (!head && !body.is_empty()).then_some(body);
+        session.write_response_body(body, true).await
     }
 
     /// Response header mutations of every level, then the `server` header.
@@ -103,6 +137,9 @@ impl HttpHandler {
             }
             _ => {}
         }
+        if let Some(via) = &self.hcm.via {
+            let _ = resp.append_header("via", via.as_str());
+        }
         if self.hcm.always_set_request_id_in_response {
             if let Some(id) = &ctx.request_id {
                 let _ = resp.insert_header("x-request-id", id.as_str());
@@ -127,7 +164,8 @@ impl HttpHandler {
         let host = r.host.clone().unwrap_or(host);
         let port = match (r.port, &r.scheme) {
             (Some(p), _) => Some(p.to_string()),
-            (None, Some(_)) => None,
+            // A scheme change drops only the default ports.
+            (None, Some(_)) => port.filter(|p| p != "80" && p != "443"),
             (None, None) if r.host.is_some() => None,
             (None, None) => port,
         };

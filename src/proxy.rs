@@ -269,25 +269,7 @@ impl ProxyHttp for HttpHandler {
                 };
                 ctx.request_id = Some(id);
             }
-            if self.hcm.use_remote_address && !self.hcm.skip_xff_append {
-                if let Some(a) = downstream {
-                    let value = match req
-                        .headers
-                        .get("x-forwarded-for")
-                        .and_then(|v| v.to_str().ok())
-                    {
-                        Some(prev) => format!("{prev},{}", a.ip()),
-                        None => a.ip().to_string(),
-                    };
-                    let _ = req.insert_header("x-forwarded-for", value);
-                }
-            }
-            if self.hcm.use_remote_address || !req.headers.contains_key("x-forwarded-proto") {
-                let _ = req.insert_header("x-forwarded-proto", "http");
-            }
-            if let Some(via) = &self.hcm.via {
-                let _ = req.append_header("via", via.as_str());
-            }
+            crate::request::forwarding_headers(&self.hcm, req, downstream);
         }
         let Some(rc) = self.route_config(&snap) else {
             self.stats.no_route.inc();
@@ -497,13 +479,32 @@ impl ProxyHttp for HttpHandler {
                 None => p,
             };
             if let Ok(uri) = uri.parse() {
+                if !self.hcm.suppress_envoy_headers {
+                    let _ = upstream.insert_header("x-envoy-original-path", pq.as_str());
+                }
                 upstream.set_uri(uri);
             }
+        }
+        // Pingora drops the hop-by-hop `te`; gRPC needs `te: trailers` upstream, as Envoy keeps.
+        let te_trailers = session
+            .req_header()
+            .headers
+            .get(http::header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+        if te_trailers {
+            let _ = upstream.insert_header(http::header::TE, "trailers");
         }
         // Host rewrites.
         let new_host = match &a.host_rewrite {
             Some(HostRewrite::Literal(h)) => Some(h.clone()),
-            Some(HostRewrite::Auto) => ctx.host.as_ref().map(|h| h.addr.to_string()),
+            Some(HostRewrite::Auto) => ctx
+                .host
+                .as_ref()
+                .map(|h| h.hostname.clone().unwrap_or_else(|| h.addr.to_string())),
             Some(HostRewrite::Header(name)) => session
                 .req_header()
                 .headers
@@ -543,7 +544,7 @@ impl ProxyHttp for HttpHandler {
             |l| &l.request_add,
             |add| headers::render(&add.value, &ctx.vars(Some(session.req_header()))),
         );
-        if let Some(t) = a.timeout {
+        if let (Some(t), false) = (a.timeout, self.hcm.suppress_envoy_headers) {
             let _ =
                 upstream.insert_header("x-envoy-expected-rq-timeout-ms", t.as_millis().to_string());
         }
@@ -662,7 +663,7 @@ impl ProxyHttp for HttpHandler {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(start) = ctx.upstream_start {
+        if let (Some(start), false) = (ctx.upstream_start, self.hcm.suppress_envoy_headers) {
             let _ = resp.insert_header(
                 "x-envoy-upstream-service-time",
                 start.elapsed().as_millis().to_string(),
@@ -715,17 +716,20 @@ impl ProxyHttp for HttpHandler {
                 }
             },
         };
+        // A complete local reply leaves the downstream connection usable, as in Envoy.
+        let mut reusable = false;
         if session.response_written().is_none() {
-            if let Err(err) = self
+            match self
                 .send_local(session, status, Bytes::from(body), &[], ctx)
                 .await
             {
-                tracing::debug!("cannot send local reply: {err}");
+                Ok(()) => reusable = *e.esource() != ErrorSource::Downstream,
+                Err(err) => tracing::debug!("cannot send local reply: {err}"),
             }
         }
         FailToProxy {
             error_code: status,
-            can_reuse_downstream: false,
+            can_reuse_downstream: reusable,
         }
     }
 }

@@ -68,6 +68,46 @@ pub(crate) fn uuid4() -> String {
     )
 }
 
+/// The address Envoy appends to x-forwarded-for for a loopback peer: the host's own.
+static HOST_IPV4: std::sync::LazyLock<std::net::Ipv4Addr> =
+    std::sync::LazyLock::new(crate::net::local_ipv4);
+
+/// x-forwarded-for, x-envoy-external-address, x-forwarded-proto and via, as Envoy's
+/// connection manager sets them on the way upstream.
+pub(crate) fn forwarding_headers(
+    hcm: &sentinel_xds::config::hcm::HttpConnectionManager,
+    req: &mut RequestHeader,
+    downstream: Option<std::net::SocketAddr>,
+) {
+    if hcm.use_remote_address {
+        if let Some(a) = downstream {
+            let _ = req.insert_header("x-envoy-external-address", a.ip().to_string());
+            if !hcm.skip_xff_append {
+                let ip = if a.ip().is_loopback() {
+                    std::net::IpAddr::V4(*HOST_IPV4)
+                } else {
+                    a.ip()
+                };
+                let value = match req
+                    .headers
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    Some(prev) => format!("{prev},{ip}"),
+                    None => ip.to_string(),
+                };
+                let _ = req.insert_header("x-forwarded-for", value);
+            }
+        }
+    }
+    if hcm.use_remote_address || !req.headers.contains_key("x-forwarded-proto") {
+        let _ = req.insert_header("x-forwarded-proto", "http");
+    }
+    if let Some(via) = &hcm.via {
+        let _ = req.append_header("via", via.as_str());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

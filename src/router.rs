@@ -72,8 +72,12 @@ fn matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
         return false;
     }
     for h in &m.headers {
-        let joined = joined_header(req.headers, &h.name);
-        if !h.matches(joined.as_deref()) {
+        let values = req
+            .headers
+            .get_all(h.name.as_str())
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        if !h.matches(values) {
             return false;
         }
     }
@@ -97,18 +101,6 @@ fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
         path.len() >= prefix.len()
             && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
     }
-}
-
-/// All values of a header joined by `,`, as Envoy's header matchers see them.
-pub fn joined_header(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next()?;
-    let mut out = String::from_utf8_lossy(first.as_bytes()).into_owned();
-    for v in values {
-        out.push(',');
-        out.push_str(&String::from_utf8_lossy(v.as_bytes()));
-    }
-    Some(out)
 }
 
 /// The first value of a query parameter, percent-decoding left as is (as Envoy does).

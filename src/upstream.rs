@@ -22,6 +22,8 @@ use crate::stats::{ClusterStats, Registry};
 
 pub struct Host {
     pub addr: SocketAddr,
+    /// The endpoint's `hostname`, for `auto_host_rewrite`.
+    pub hostname: Option<String>,
     pub weight: u32,
     /// Requests in flight, for LEAST_REQUEST.
     pub active: AtomicUsize,
@@ -78,6 +80,7 @@ impl ClusterRuntime {
                 for addr in addrs {
                     let host = Host {
                         addr,
+                        hostname: e.hostname.clone(),
                         weight: e.weight,
                         active: AtomicUsize::new(0),
                     };

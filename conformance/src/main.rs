@@ -12,7 +12,6 @@ mod bootstrap;
 mod case;
 mod check;
 mod client;
-mod host;
 mod report;
 mod runner;
 mod upstream;

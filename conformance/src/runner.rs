@@ -136,7 +136,7 @@ pub async fn run_case(file: &CaseFile, cfg: &ProxyConfig) -> Result<()> {
         }
     }
     let text = case::substitute(&file.text, |n| match n {
-        "host_ip" => Some(crate::host::local_ipv4().to_string()),
+        "host_ip" => Some(sentinel::net::local_ipv4().to_string()),
         _ => ports.get(n).map(u16::to_string),
     })?;
     let case = case::parse(&text)?;

@@ -34,6 +34,8 @@ pub enum Health {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub address: EndpointAddress,
+    /// `Endpoint.hostname`: the Host that `auto_host_rewrite` sends to this endpoint.
+    pub hostname: Option<String>,
     pub weight: u32,
     pub health: Health,
     pub priority: u32,
@@ -81,6 +83,7 @@ impl ClusterLoadAssignment {
                 };
                 endpoints.push(Endpoint {
                     address,
+                    hostname: (!ep.hostname.is_empty()).then(|| ep.hostname.clone()),
                     weight,
                     health,
                     priority: locality.priority,

@@ -159,8 +159,8 @@ pub static RULES: &[Rule] = &[
     ),
     rule(
         "envoy.config.endpoint.v3.Endpoint",
-        &["address"],
-        &["hostname", "health_check_config"],
+        &["address", "hostname"],
+        &["health_check_config"],
     ),
     rule(
         "envoy.config.endpoint.v3.LbEndpoint",
@@ -386,12 +386,8 @@ pub static RULES: &[Rule] = &[
     ),
     rule(
         "envoy.extensions.filters.http.router.v3.Router",
-        &[],
-        &[
-            "dynamic_stats",
-            "start_child_span",
-            "suppress_envoy_headers",
-        ],
+        &["suppress_envoy_headers"],
+        &["dynamic_stats", "start_child_span"],
     ),
     rule(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",

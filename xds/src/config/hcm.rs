@@ -49,6 +49,8 @@ pub struct HttpConnectionManager {
     pub codec: Codec,
     pub routes: RouteSource,
     pub http_filters: Vec<HttpFilter>,
+    /// The router's `suppress_envoy_headers`: no `x-envoy-*` headers are added.
+    pub suppress_envoy_headers: bool,
     pub server_name: String,
     pub server_header: ServerHeader,
     pub use_remote_address: bool,
@@ -111,6 +113,7 @@ impl HttpConnectionManager {
             }
         };
         let mut http_filters = Vec::new();
+        let mut suppress_envoy_headers = false;
         for (i, f) in h.http_filters.iter().enumerate() {
             let path = format!("http_filters[{i}]");
             if f.disabled {
@@ -129,6 +132,11 @@ impl HttpConnectionManager {
             if type_name == ROUTER_TYPE
                 || (type_name.is_empty() && f.name == "envoy.filters.http.router")
             {
+                if let Some(pb::http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
+                    let router: sentinel_proto::pb::envoy::extensions::filters::http::router::v3::Router =
+                        sentinel_proto::from_any(any).map_err(|e| ConfigError::new(format!("{path}.typed_config"), e.to_string()))?;
+                    suppress_envoy_headers = router.suppress_envoy_headers;
+                }
                 http_filters.push(HttpFilter::Router);
             } else if f.is_optional {
                 tracing::info!(filter = %f.name, "skipping optional HTTP filter that Sentinel does not implement");
@@ -165,6 +173,7 @@ impl HttpConnectionManager {
             codec,
             routes,
             http_filters,
+            suppress_envoy_headers,
             server_name: if h.server_name.is_empty() {
                 "envoy".into()
             } else {

@@ -147,20 +147,23 @@ impl HeaderMatcher {
         })
     }
 
-    /// `value` is every value of the header joined by `,`, or None when absent.
-    pub fn matches(&self, value: Option<&str>) -> bool {
-        let value = match value {
-            None if self.treat_missing_as_empty => Some(""),
-            v => v,
+    /// `values` are the header's values, one per header line (none when absent). As in
+    /// Envoy, the matcher holds when any one value matches.
+    pub fn matches<'a>(&self, values: impl IntoIterator<Item = &'a str>) -> bool {
+        let mut values = values.into_iter().peekable();
+        let present = values.peek().is_some();
+        let one = |v: &str| match &self.kind {
+            HeaderMatch::Present(_) => true,
+            HeaderMatch::String(s) => s.matches(v),
+            HeaderMatch::Range(start, end) => {
+                v.parse::<i64>().is_ok_and(|n| n >= *start && n < *end)
+            }
         };
-        let matched = match (&self.kind, value) {
-            (HeaderMatch::Present(want), v) => v.is_some() == *want,
-            (_, None) => return false,
-            (HeaderMatch::String(s), Some(v)) => s.matches(v),
-            (HeaderMatch::Range(start, end), Some(v)) => v
-                .parse::<i64>()
-                .map(|n| n >= *start && n < *end)
-                .unwrap_or(false),
+        let matched = match (&self.kind, present) {
+            (HeaderMatch::Present(want), _) => present == *want,
+            (_, false) if self.treat_missing_as_empty => one(""),
+            (_, false) => return false,
+            (_, true) => values.any(one),
         };
         matched != self.invert
     }

@@ -55,6 +55,8 @@ pub enum Part {
     DownstreamRemoteAddressWithoutPort,
     DownstreamLocalAddress,
     DownstreamLocalAddressWithoutPort,
+    DownstreamLocalPort,
+    DownstreamRemotePort,
     Protocol,
     UpstreamRemoteAddress,
     Hostname,
@@ -86,6 +88,8 @@ impl Template {
                 }
                 "DOWNSTREAM_LOCAL_ADDRESS" => Part::DownstreamLocalAddress,
                 "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Part::DownstreamLocalAddressWithoutPort,
+                "DOWNSTREAM_LOCAL_PORT" => Part::DownstreamLocalPort,
+                "DOWNSTREAM_REMOTE_PORT" => Part::DownstreamRemotePort,
                 "PROTOCOL" => Part::Protocol,
                 "UPSTREAM_REMOTE_ADDRESS" => Part::UpstreamRemoteAddress,
                 "HOSTNAME" => Part::Hostname,

@@ -1,7 +1,7 @@
 //! The host's own address as Envoy picks it (`Network::Utility::getLocalAddress`): the first
 //! non-loopback IPv4 address of the interfaces, in `getifaddrs` order, or 127.0.0.1 when there
 //! is none. Envoy appends it to x-forwarded-for when `use_remote_address` is set and the peer
-//! is a loopback address, so cases can expect it as `{{host_ip}}`.
+//! is a loopback address, so the conformance cases expect it as `{{host_ip}}`.
 
 use std::net::Ipv4Addr;
 
