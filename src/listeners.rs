@@ -16,6 +16,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::protocols::l4::listener::Listener as PingoraListener;
+use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::GetSocketDigest;
 use pingora_core::server::configuration::ServerConf;
 use pingora_proxy::HttpProxy;
@@ -30,7 +31,76 @@ use crate::stats::Registry;
 use crate::upstream::ClusterManager;
 use sentinel_xds::config::hcm::HttpConnectionManager;
 
-type App = Arc<HttpProxy<HttpHandler>>;
+type App = Arc<ChainApp>;
+
+/// One filter chain's HTTP app. Pingora reads 24 bytes to look for an h2c preface, which
+/// hangs an HTTP/1 request shorter than that; so the preface is sniffed here and the
+/// connection goes to an app with h2c on or off.
+pub struct ChainApp {
+    h1: Arc<HttpProxy<HttpHandler>>,
+    h2c: Arc<HttpProxy<HttpHandler>>,
+    codec: Codec,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl ChainApp {
+    fn new(conf: &Arc<ServerConf>, handler: HttpHandler, codec: Codec) -> Self {
+        let build = |h2c: bool| {
+            let mut proxy = pingora_proxy::http_proxy(conf, handler.clone());
+            let mut opts = HttpServerOptions::default();
+            opts.h2c = h2c;
+            // CONNECT reaches the router, which matches no route for it (404, as Envoy).
+            opts.allow_connect_method_proxying = true;
+            proxy.server_options = Some(opts);
+            Arc::new(proxy)
+        };
+        Self {
+            h1: build(false),
+            h2c: build(true),
+            codec,
+        }
+    }
+
+    async fn serve(&self, mut stream: Stream, draining: &watch::Receiver<bool>) {
+        let h2 = match self.codec {
+            Codec::Http1 => false,
+            Codec::Http2 => true,
+            Codec::Auto => match sniff_h2c(&mut stream).await {
+                Ok(h2) => h2,
+                Err(_) => return,
+            },
+        };
+        let app = if h2 { &self.h2c } else { &self.h1 };
+        app.process_new(Box::new(stream), draining).await;
+    }
+
+    async fn cleanup(&self) {
+        self.h1.cleanup().await;
+        self.h2c.cleanup().await;
+    }
+}
+
+/// Reads only as far as needed to tell the HTTP/2 preface from HTTP/1, then unreads it.
+async fn sniff_h2c(stream: &mut Stream) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(H2_PREFACE.len());
+    let mut chunk = [0u8; 24];
+    while buf.len() < H2_PREFACE.len() {
+        let n = stream
+            .read(&mut chunk[..H2_PREFACE.len() - buf.len()])
+            .await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if !H2_PREFACE.starts_with(&buf) {
+            break;
+        }
+    }
+    stream.rewind(&buf);
+    Ok(buf == H2_PREFACE)
+}
 
 /// One version of a listener's filter chains.
 struct Generation {
@@ -254,11 +324,7 @@ impl ListenerManager {
                 clusters: shared.clusters.clone(),
                 drain,
             };
-            let mut proxy = pingora_proxy::http_proxy(&shared.conf, handler);
-            let mut opts = HttpServerOptions::default();
-            opts.h2c = fc.hcm.codec != Codec::Http1;
-            proxy.server_options = Some(opts);
-            Arc::new(proxy)
+            Arc::new(ChainApp::new(&shared.conf, handler, fc.hcm.codec))
         };
         let chains = l
             .filter_chains
@@ -371,7 +437,7 @@ impl ListenerManager {
                 stats.downstream_cx_active.inc();
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = app.process_new(Box::new(stream), &draining) => {}
+                                                _ = app.serve(stream, &draining) => {}
                         _ = flipped(&mut closed) => {}
                     }
                     stats.downstream_cx_active.dec();

@@ -31,6 +31,7 @@ use crate::retry::{self, Failure};
 use crate::router::{self, RequestView};
 use crate::upstream::{ClusterManager, Host};
 
+#[derive(Clone)]
 pub struct HttpHandler {
     pub hcm: Arc<HttpConnectionManager>,
     pub snapshots: SnapshotHandle,
@@ -157,6 +158,11 @@ impl ProxyHttp for HttpHandler {
         self.stats.downstream_rq_total.inc();
         self.stats.downstream_rq_active.inc();
         ctx.counted = true;
+        if let Some(status) = crate::request::reject_http1(&self.hcm, session.req_header()) {
+            self.send_local(session, status, Bytes::new(), &[], ctx)
+                .await?;
+            return Ok(true);
+        }
         ctx.downstream = session.client_addr().and_then(|a| a.as_inet()).copied();
         ctx.local = session.server_addr().and_then(|a| a.as_inet()).copied();
         ctx.protocol = match session.req_header().version {
@@ -283,6 +289,7 @@ impl ProxyHttp for HttpHandler {
         let (path, query) = pq.split_once('?').map_or((pq, None), |(p, q)| (p, Some(q)));
         let matched = router::virtual_host(&rc, &host).and_then(|vh| {
             let view = RequestView {
+                method: &req.method,
                 path,
                 query,
                 headers: &req.headers,

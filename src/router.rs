@@ -31,6 +31,7 @@ pub fn virtual_host<'a>(rc: &'a RouteConfig, host: &str) -> Option<&'a VirtualHo
 
 /// What a route sees of a request.
 pub struct RequestView<'a> {
+    pub method: &'a http::Method,
     /// The path without the query.
     pub path: &'a str,
     pub query: Option<&'a str>,
@@ -40,6 +41,10 @@ pub struct RequestView<'a> {
 }
 
 pub fn route<'a>(vh: &'a VirtualHost, req: &RequestView<'_>) -> Option<&'a Route> {
+    // CONNECT matches only `connect_matcher` routes, which Sentinel does not support yet.
+    if req.method == http::Method::CONNECT {
+        return None;
+    }
     vh.routes.iter().find(|r| matches(&r.matcher, req))
 }
 
@@ -159,6 +164,7 @@ virtual_hosts:
             route(
                 vh,
                 &RequestView {
+                    method: &http::Method::GET,
                     path,
                     query,
                     headers,

@@ -274,3 +274,68 @@ async fn stats_count_requests_under_envoy_names() {
         "{prom}"
     );
 }
+
+/// Sends raw bytes, returns the status line.
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_envoys_status_codes() {
+    let routes = r#"[ { match: { prefix: / }, direct_response: { status: 200, body: { inline_string: ok } } } ]"#;
+    let (_p, addr) = static_proxy(routes, "[]").await;
+    // Shorter than the HTTP/2 preface: must not wait for more bytes.
+    assert_eq!(
+        raw(addr, b"GET / HTTP/1.1\r\n\r\n").await,
+        "HTTP/1.1 400 Bad Request"
+    );
+    assert_eq!(
+        raw(addr, b"GET / HTTP/1.0\r\n\r\n").await,
+        "HTTP/1.1 426 Upgrade Required"
+    );
+    assert_eq!(
+        raw(addr, b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n").await,
+        "HTTP/1.1 400 Bad Request"
+    );
+    assert_eq!(
+        raw(addr, b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").await,
+        "HTTP/1.1 404 Not Found"
+    );
+    let many: Vec<u8> = (0..150)
+        .flat_map(|i| format!("x-h{i}: v\r\n").into_bytes())
+        .collect();
+    let req = [b"GET / HTTP/1.1\r\nHost: x\r\n".as_slice(), &many, b"\r\n"].concat();
+    assert_eq!(
+        raw(addr, &req).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert_eq!(
+        raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await,
+        "HTTP/1.1 200 OK"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_is_served_with_accept_http_10() {
+    let routes = r#"[ { match: { prefix: / }, direct_response: { status: 200, body: { inline_string: ok } } } ]"#;
+    let (_p, addr) = static_proxy_with(
+        "http_protocol_options: { accept_http_10: true }",
+        routes,
+        "[]",
+    )
+    .await;
+        let status = raw(addr, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    assert!(status.ends_with(" 200 OK"), "{status}");
+}

@@ -116,7 +116,7 @@ pub static RULES: &[Rule] = &[
     ),
     rule(
         "envoy.config.core.v3.Http1ProtocolOptions",
-        &[],
+        &["accept_http_10"],
         &["header_key_format"],
     ),
     rule(

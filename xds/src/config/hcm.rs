@@ -69,6 +69,8 @@ pub struct HttpConnectionManager {
     pub max_request_headers_kb: u32,
     pub max_headers_count: u32,
     /// `headers_with_underscores_action`: REJECT_REQUEST answers 400.
+    /// `http_protocol_options.accept_http_10`: Envoy answers HTTP/1.0 with 426 otherwise.
+    pub accept_http_10: bool,
     pub reject_underscore_headers: bool,
     pub drop_underscore_headers: bool,
 }
@@ -204,6 +206,10 @@ impl HttpConnectionManager {
             max_headers_count: common
                 .and_then(|c| c.max_headers_count.as_ref())
                 .map_or(100, |v| v.value),
+            accept_http_10: h
+                .http_protocol_options
+                .as_ref()
+                .is_some_and(|o| o.accept_http_10),
             reject_underscore_headers: underscores == 1,
             drop_underscore_headers: underscores == 2,
         })
