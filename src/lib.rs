@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod cli;
+mod filters;
 mod headers;
 pub mod listeners;
 mod local_reply;

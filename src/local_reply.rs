@@ -77,7 +77,8 @@ impl HttpHandler {
             // gRPC clients read errors from grpc-status: a trailers-only answer, as in Envoy.
             resp = ResponseHeader::build(200, Some(4))?;
             resp.insert_header("content-type", "application/grpc")?;
-            resp.insert_header("grpc-status", grpc_status(status).to_string())?;
+            let code = ctx.grpc_status.unwrap_or_else(|| grpc_status(status));
+            resp.insert_header("grpc-status", code.to_string())?;
             if !body.is_empty() {
                 resp.insert_header("grpc-message", String::from_utf8_lossy(&body).as_ref())?;
             }
@@ -139,6 +140,9 @@ impl HttpHandler {
         }
         if let Some(via) = &self.hcm.via {
             let _ = resp.append_header("via", via.as_str());
+        }
+        for (name, value) in &ctx.filter_response_headers {
+            let _ = resp.insert_header(name.clone(), value.as_str());
         }
         if self.hcm.always_set_request_id_in_response {
             if let Some(id) = &ctx.request_id {

@@ -85,6 +85,10 @@ pub struct Ctx {
     pub(crate) started: Option<Instant>,
     /// The request was counted in `downstream_rq_total` (and is active).
     pub(crate) counted: bool,
+    /// The grpc-status of a filter's own gRPC answer, when it is not the mapped one.
+    pub(crate) grpc_status: Option<u32>,
+    /// Response headers that filters asked for (x-ratelimit-*).
+    pub(crate) filter_response_headers: Vec<(http::HeaderName, String)>,
     /// Bodies of shadow requests still being fed; None once mirrors were started.
     pub(crate) mirrors: Option<Vec<tokio::sync::mpsc::Sender<Bytes>>>,
 }
@@ -301,6 +305,26 @@ impl ProxyHttp for HttpHandler {
             Some((v, i))
         });
         ctx.route_config = Some(rc.clone());
+        ctx.matched = matched;
+        // The filters before the router (they see the route, and may answer themselves).
+        let reply = self.decode_headers(ctx, session.req_header_mut());
+        if let Some(r) = reply {
+            ctx.grpc_status = r.grpc_status;
+            let extra: Vec<(&str, String)> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect();
+            self.send_local(
+                session,
+                r.status,
+                Bytes::from_static(r.body.as_bytes()),
+                &extra,
+                ctx,
+            )
+            .await?;
+            return Ok(true);
+        }
         let Some((v, i)) = matched else {
             self.stats.no_route.inc();
             self.send_local(session, 404, Bytes::new(), &[], ctx)

@@ -226,6 +226,11 @@ pub static RULES: &[Rule] = &[
         &[],
     ),
     rule(
+        "envoy.config.route.v3.FilterConfig",
+        &["config", "is_optional", "disabled"],
+        &[],
+    ),
+    rule(
         "envoy.config.route.v3.HeaderMatcher",
         &[
             "name",
@@ -281,6 +286,7 @@ pub static RULES: &[Rule] = &[
     rule(
         "envoy.config.route.v3.Route",
         &[
+            "typed_per_filter_config",
             "name",
             "match",
             "route",
@@ -352,6 +358,7 @@ pub static RULES: &[Rule] = &[
     rule(
         "envoy.config.route.v3.VirtualHost",
         &[
+            "typed_per_filter_config",
             "name",
             "domains",
             "routes",
@@ -383,6 +390,21 @@ pub static RULES: &[Rule] = &[
             "response_headers_to_remove",
         ],
         &["metadata_match"],
+    ),
+    rule(
+        "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        &[
+            "stat_prefix",
+            "status",
+            "token_bucket",
+            "filter_enabled",
+            "filter_enforced",
+            "request_headers_to_add_when_not_enforced",
+            "response_headers_to_add",
+            "enable_x_ratelimit_headers",
+            "rate_limited_as_resource_exhausted",
+        ],
+        &[],
     ),
     rule(
         "envoy.extensions.filters.http.router.v3.Router",
@@ -459,6 +481,11 @@ pub static RULES: &[Rule] = &[
             "contains",
             "ignore_case",
         ],
+        &[],
+    ),
+    rule(
+        "envoy.type.v3.TokenBucket",
+        &["max_tokens", "tokens_per_fill", "fill_interval"],
         &[],
     ),
 ];

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sentinel_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3 as pb;
 
+use super::local_ratelimit::{self, LocalRateLimit};
 use super::route::RouteConfig;
 use super::{timeout_or, ConfigError, Result};
 
@@ -37,10 +38,15 @@ pub enum RouteSource {
     Inline(Arc<RouteConfig>),
 }
 
-/// One HTTP filter of the chain. The router is always last.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One HTTP filter of the chain, with its name (the key of per-route configs). The router is
+/// always last.
+#[derive(Debug, Clone)]
 pub enum HttpFilter {
     Router,
+    LocalRateLimit {
+        name: String,
+        config: Arc<LocalRateLimit>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +146,19 @@ impl HttpConnectionManager {
                     suppress_envoy_headers = router.suppress_envoy_headers;
                 }
                 http_filters.push(HttpFilter::Router);
+            } else if let (
+                local_ratelimit::TYPE,
+                Some(pb::http_filter::ConfigType::TypedConfig(any)),
+            ) = (type_name.as_str(), &f.config_type)
+            {
+                let proto = sentinel_proto::from_any(any)
+                    .map_err(|e| ConfigError::new(format!("{path}.typed_config"), e.to_string()))?;
+                let config = LocalRateLimit::from_proto(&proto)
+                    .map_err(|e| e.within(&format!("{path}.typed_config")))?;
+                http_filters.push(HttpFilter::LocalRateLimit {
+                    name: f.name.clone(),
+                    config: Arc::new(config),
+                });
             } else if f.is_optional {
                 tracing::info!(filter = %f.name, "skipping optional HTTP filter that Sentinel does not implement");
             } else {
@@ -149,7 +168,7 @@ impl HttpConnectionManager {
                 ));
             }
         }
-        if http_filters.last() != Some(&HttpFilter::Router) {
+        if !matches!(http_filters.last(), Some(HttpFilter::Router)) {
             return Err(ConfigError::new(
                 "http_filters",
                 "the router filter must be the last filter",

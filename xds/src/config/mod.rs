@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod fields;
 pub mod hcm;
 pub mod listener;
+pub mod local_ratelimit;
 pub mod matcher;
 pub mod route;
 

@@ -160,7 +160,7 @@ impl HeaderMutations {
     }
 }
 
-fn header_add(o: &core_pb::HeaderValueOption, path: &str) -> Result<HeaderAdd> {
+pub(crate) fn header_add(o: &core_pb::HeaderValueOption, path: &str) -> Result<HeaderAdd> {
     let h = o
         .header
         .as_ref()
@@ -209,6 +209,7 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
     pub headers: HeaderMutations,
+    pub per_filter: PerFilter,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +218,60 @@ pub struct Route {
     pub matcher: RouteMatch,
     pub action: Action,
     pub headers: HeaderMutations,
+    pub per_filter: PerFilter,
+}
+
+/// `typed_per_filter_config`, by HTTP filter name.
+pub type PerFilter = std::collections::BTreeMap<String, FilterOverride>;
+
+/// A per-route (or per-virtual-host) config for one HTTP filter.
+#[derive(Debug, Clone)]
+pub enum FilterOverride {
+    /// `FilterConfig { disabled: true }`: the filter is skipped here.
+    Disabled,
+    LocalRateLimit(Arc<super::local_ratelimit::LocalRateLimit>),
+}
+
+fn per_filter(
+    map: &std::collections::HashMap<String, sentinel_proto::pb::google::protobuf::Any>,
+) -> Result<PerFilter> {
+    let mut out = PerFilter::new();
+    for (name, any) in map {
+        let path = format!("typed_per_filter_config[{name:?}]");
+        let bad = |e: sentinel_proto::JsonError| ConfigError::new(path.clone(), e.to_string());
+        let (inner, optional) = if any
+            .type_url
+            .ends_with("/envoy.config.route.v3.FilterConfig")
+        {
+            let fc: pb::FilterConfig = sentinel_proto::from_any(any).map_err(bad)?;
+            if fc.disabled {
+                out.insert(name.clone(), FilterOverride::Disabled);
+                continue;
+            }
+            match fc.config {
+                Some(c) => (c, fc.is_optional),
+                None => continue,
+            }
+        } else {
+            (any.clone(), false)
+        };
+        let type_name = inner.type_url.rsplit('/').next().unwrap_or_default();
+        if type_name == super::local_ratelimit::TYPE {
+            let proto = sentinel_proto::from_any(&inner).map_err(bad)?;
+            let config = super::local_ratelimit::LocalRateLimit::from_proto(&proto)
+                .map_err(|e| e.within(&path))?;
+            out.insert(
+                name.clone(),
+                FilterOverride::LocalRateLimit(Arc::new(config)),
+            );
+        } else if !optional {
+            return Err(ConfigError::new(
+                path,
+                format!("no supported HTTP filter takes per-route config of type {type_name}"),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone)]
@@ -415,6 +470,7 @@ impl VirtualHost {
         Ok(Self {
             name: vh.name.clone(),
             domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            per_filter: per_filter(&vh.typed_per_filter_config)?,
             routes,
             headers: HeaderMutations::from_proto(
                 &vh.request_headers_to_add,
@@ -478,6 +534,7 @@ impl Route {
         Ok(Self {
             name: r.name.clone(),
             matcher,
+            per_filter: per_filter(&r.typed_per_filter_config)?,
             action,
             headers: HeaderMutations::from_proto(
                 &r.request_headers_to_add,
@@ -489,7 +546,7 @@ impl Route {
     }
 }
 
-fn fraction_per_million(f: &core_pb::RuntimeFractionalPercent) -> u32 {
+pub(crate) fn fraction_per_million(f: &core_pb::RuntimeFractionalPercent) -> u32 {
     use sentinel_proto::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
     let Some(p) = &f.default_value else { return 0 };
     let per_million = match D::try_from(p.denominator) {

@@ -1,0 +1,131 @@
+//! The HTTP filters before the router, run on the request headers in the chain's order.
+//!
+//! A filter sees the matched route (if any) for its per-route override, may add request
+//! headers, may add response headers (kept in the context until the response), or may answer
+//! the request itself. Today's filter: `envoy.filters.http.local_ratelimit`.
+
+use std::time::Instant;
+
+use pingora_http::RequestHeader;
+use sentinel_xds::config::hcm::HttpFilter;
+use sentinel_xds::config::local_ratelimit::LocalRateLimit;
+use sentinel_xds::config::route::{FilterOverride, PerFilter};
+
+use crate::headers::{self, apply_add};
+use crate::proxy::{Ctx, HttpHandler};
+
+/// A filter's own answer to the request.
+pub(crate) struct FilterReply {
+    pub status: u16,
+    pub body: &'static str,
+    pub headers: Vec<(http::HeaderName, String)>,
+    /// The grpc-status a gRPC client gets instead of the one mapped from `status`.
+    pub grpc_status: Option<u32>,
+}
+
+/// Samples a share given in millionths.
+fn sampled(per_million: u32) -> bool {
+    per_million >= 1_000_000 || (per_million > 0 && rand::random_range(0..1_000_000) < per_million)
+}
+
+/// The config a filter uses for this request: the route's override, else the virtual
+/// host's, else its own; None when it is disabled here.
+fn effective<'a>(
+    name: &str,
+    own: &'a LocalRateLimit,
+    levels: [Option<&'a PerFilter>; 2],
+) -> Option<&'a LocalRateLimit> {
+    for per in levels.into_iter().flatten() {
+        match per.get(name) {
+            Some(FilterOverride::Disabled) => return None,
+            Some(FilterOverride::LocalRateLimit(c)) => return Some(c),
+            None => {}
+        }
+    }
+    Some(own)
+}
+
+impl HttpHandler {
+    /// Runs the filters before the router; Some(reply) stops the request.
+    pub(crate) fn decode_headers(
+        &self,
+        ctx: &mut Ctx,
+        req: &mut RequestHeader,
+    ) -> Option<FilterReply> {
+        let (route, vhost) = match (&ctx.route_config, ctx.matched) {
+            (Some(rc), Some((v, i))) => (
+                Some(&rc.virtual_hosts[v].routes[i].per_filter),
+                Some(&rc.virtual_hosts[v].per_filter),
+            ),
+            _ => (None, None),
+        };
+        let mut reply = None;
+        let mut response_headers = Vec::new();
+        for filter in &self.hcm.http_filters {
+            let HttpFilter::LocalRateLimit { name, config } = filter else {
+                continue;
+            };
+            let Some(cfg) = effective(name, config, [route, vhost]) else {
+                continue;
+            };
+            if let Some(r) = local_rate_limit(cfg, req, &mut response_headers, ctx) {
+                reply = Some(r);
+                break;
+            }
+        }
+        ctx.filter_response_headers.extend(response_headers);
+        reply
+    }
+}
+
+fn local_rate_limit(
+    cfg: &LocalRateLimit,
+    req: &mut RequestHeader,
+    response_headers: &mut Vec<(http::HeaderName, String)>,
+    ctx: &Ctx,
+) -> Option<FilterReply> {
+    let bucket = cfg.bucket.as_ref()?;
+    if !sampled(cfg.enabled_per_million) {
+        return None;
+    }
+    let now = Instant::now();
+    let (allowed, remaining) = bucket.try_take(now);
+    if cfg.x_ratelimit_headers {
+        response_headers.push((
+            http::HeaderName::from_static("x-ratelimit-limit"),
+            bucket.max_tokens.to_string(),
+        ));
+        response_headers.push((
+            http::HeaderName::from_static("x-ratelimit-remaining"),
+            remaining.to_string(),
+        ));
+        response_headers.push((
+            http::HeaderName::from_static("x-ratelimit-reset"),
+            bucket.reset_after(now).as_secs().to_string(),
+        ));
+    }
+    if allowed {
+        return None;
+    }
+    if !sampled(cfg.enforced_per_million) {
+        for add in &cfg.request_headers_when_not_enforced {
+            let v = headers::render(&add.value, &ctx.vars(Some(req)));
+            apply_add(req, add, v);
+        }
+        return None;
+    }
+    let mut out = std::mem::take(response_headers);
+    for add in &cfg.response_headers {
+        out.push((
+            add.name.clone(),
+            headers::render(&add.value, &ctx.vars(Some(req))),
+        ));
+    }
+    Some(FilterReply {
+        status: cfg.status,
+        body: "local_rate_limited",
+        headers: out,
+        // RESOURCE_EXHAUSTED rather than UNAVAILABLE, when asked.
+        grpc_status: cfg.as_resource_exhausted.then_some(8),
+    })
+}
