@@ -2,22 +2,25 @@
 //!
 //! A filter sees the matched route (if any) for its per-route override, may add request
 //! headers, may add response headers (kept in the context until the response), or may answer
-//! the request itself. Today's filter: `envoy.filters.http.local_ratelimit`.
+//! the request itself. Filters: `envoy.filters.http.local_ratelimit` and
+//! `envoy.filters.http.ratelimit`.
 
 use std::time::Instant;
 
 use pingora_http::RequestHeader;
 use sentinel_xds::config::hcm::HttpFilter;
 use sentinel_xds::config::local_ratelimit::LocalRateLimit;
-use sentinel_xds::config::route::{FilterOverride, PerFilter};
+use sentinel_xds::config::ratelimit::RateLimitFilter;
+use sentinel_xds::config::route::{Action, FilterOverride, PerFilter, Route, VirtualHost};
 
 use crate::headers::{self, apply_add};
 use crate::proxy::{Ctx, HttpHandler};
+use crate::ratelimit::{self, DescriptorInput, Verdict};
 
 /// A filter's own answer to the request.
 pub(crate) struct FilterReply {
     pub status: u16,
-    pub body: &'static str,
+    pub body: String,
     pub headers: Vec<(http::HeaderName, String)>,
     /// The grpc-status a gRPC client gets instead of the one mapped from `status`.
     pub grpc_status: Option<u32>,
@@ -47,34 +50,86 @@ fn effective<'a>(
 
 impl HttpHandler {
     /// Runs the filters before the router; Some(reply) stops the request.
-    pub(crate) fn decode_headers(
+    pub(crate) async fn decode_headers(
         &self,
         ctx: &mut Ctx,
         req: &mut RequestHeader,
     ) -> Option<FilterReply> {
-        let (route, vhost) = match (&ctx.route_config, ctx.matched) {
+        let route_config = ctx.route_config.clone();
+        let (route, vhost) = match (&route_config, ctx.matched) {
             (Some(rc), Some((v, i))) => (
-                Some(&rc.virtual_hosts[v].routes[i].per_filter),
-                Some(&rc.virtual_hosts[v].per_filter),
+                Some(&rc.virtual_hosts[v].routes[i]),
+                Some(&rc.virtual_hosts[v]),
             ),
             _ => (None, None),
         };
-        let mut reply = None;
         let mut response_headers = Vec::new();
         for filter in &self.hcm.http_filters {
-            let HttpFilter::LocalRateLimit { name, config } = filter else {
-                continue;
+            let reply = match filter {
+                HttpFilter::Router => break,
+                HttpFilter::LocalRateLimit { name, config } => {
+                    let levels = [route.map(|r| &r.per_filter), vhost.map(|v| &v.per_filter)];
+                    let Some(cfg) = effective(name, config, levels) else {
+                        continue;
+                    };
+                    local_rate_limit(cfg, req, &mut response_headers, ctx)
+                }
+                HttpFilter::RateLimit { config, .. } => {
+                    self.global_rate_limit(config, req, route, vhost, &mut response_headers, ctx)
+                        .await
+                }
             };
-            let Some(cfg) = effective(name, config, [route, vhost]) else {
-                continue;
-            };
-            if let Some(r) = local_rate_limit(cfg, req, &mut response_headers, ctx) {
-                reply = Some(r);
-                break;
+            if let Some(mut r) = reply {
+                r.headers.splice(0..0, response_headers);
+                return Some(r);
             }
         }
         ctx.filter_response_headers.extend(response_headers);
-        reply
+        None
+    }
+
+    async fn global_rate_limit(
+        &self,
+        cfg: &RateLimitFilter,
+        req: &mut RequestHeader,
+        route: Option<&Route>,
+        vhost: Option<&VirtualHost>,
+        response_headers: &mut Vec<(http::HeaderName, String)>,
+        ctx: &Ctx,
+    ) -> Option<FilterReply> {
+        let action = route.and_then(|r| match &r.action {
+            Action::Forward(a) => Some(a.clone()),
+            _ => None,
+        })?;
+        // The virtual host's limits apply when the route has none, or when it asks for them.
+        let vh_rules = vhost
+            .filter(|_| action.rate_limits.is_empty() || action.include_vh_rate_limits)
+            .map(|v| v.rate_limits.as_slice())
+            .unwrap_or_default();
+        let input = DescriptorInput {
+            req,
+            source_cluster: &self.local_cluster,
+            destination_cluster: ctx.cluster_name.as_deref(),
+            remote: ctx.downstream.map(|a| a.ip()),
+        };
+        let descriptors =
+            ratelimit::descriptors(cfg.stage, action.rate_limits.iter().chain(vh_rules), &input);
+        if descriptors.is_empty() {
+            return None;
+        }
+        match ratelimit::check(cfg, &self.clusters, descriptors).await {
+            Verdict::Deny(reply) => Some(reply),
+            Verdict::Allow {
+                request_headers,
+                response_headers: extra,
+            } => {
+                for (k, v) in request_headers {
+                    let _ = req.insert_header(k, v);
+                }
+                response_headers.extend(extra);
+                None
+            }
+        }
     }
 }
 
@@ -123,7 +178,7 @@ fn local_rate_limit(
     }
     Some(FilterReply {
         status: cfg.status,
-        body: "local_rate_limited",
+        body: "local_rate_limited".into(),
         headers: out,
         // RESOURCE_EXHAUSTED rather than UNAVAILABLE, when asked.
         grpc_status: cfg.as_resource_exhausted.then_some(8),

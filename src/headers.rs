@@ -16,6 +16,19 @@ pub(crate) struct Vars<'a> {
     pub request: Option<&'a RequestHeader>,
 }
 
+impl Vars<'_> {
+    /// No request context (headers configured outside a request's scope).
+    pub(crate) fn empty() -> Self {
+        Vars {
+            downstream: None,
+            local: None,
+            protocol: "",
+            upstream: None,
+            request: None,
+        }
+    }
+}
+
 static HOSTNAME: LazyLock<String> = LazyLock::new(crate::admin::hostname);
 
 /// Expands a header value template.

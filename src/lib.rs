@@ -14,6 +14,7 @@ mod local_reply;
 pub mod mirror;
 pub mod net;
 pub mod proxy;
+mod ratelimit;
 mod request;
 pub mod retry;
 pub mod router;
@@ -130,6 +131,7 @@ impl SentinelApp {
             clusters: clusters.clone(),
             conf,
             stats: stats.clone(),
+            local_cluster: self.bootstrap.node.cluster.as_str().into(),
             stash,
         };
         let mut manager = listeners::ListenerManager::new(shared, self.options.drain_time);

@@ -269,6 +269,8 @@ pub struct Shared {
     pub clusters: Arc<ClusterManager>,
     pub conf: Arc<ServerConf>,
     pub stats: Arc<Registry>,
+    /// The node's cluster, for `source_cluster` rate limit descriptors.
+    pub local_cluster: Arc<str>,
     /// Sockets bound during validation.
     pub stash: Arc<SocketStash>,
 }
@@ -322,6 +324,7 @@ impl ListenerManager {
                 hcm,
                 snapshots: shared.snapshots.clone(),
                 clusters: shared.clusters.clone(),
+                local_cluster: shared.local_cluster.clone(),
                 drain,
             };
             Arc::new(ChainApp::new(&shared.conf, handler, fc.hcm.codec))

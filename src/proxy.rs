@@ -40,6 +40,8 @@ pub struct HttpHandler {
     pub drain: Arc<DrainState>,
     /// `http.<stat_prefix>.*`
     pub stats: Arc<crate::stats::HttpStats>,
+    /// This proxy's own cluster (`--service-cluster`), for `source_cluster` descriptors.
+    pub local_cluster: Arc<str>,
 }
 
 /// What a draining listener version keeps: Envoy keeps the route configuration a draining
@@ -87,6 +89,8 @@ pub struct Ctx {
     pub(crate) counted: bool,
     /// The grpc-status of a filter's own gRPC answer, when it is not the mapped one.
     pub(crate) grpc_status: Option<u32>,
+    /// The cluster the matched route forwards to, picked before the filters run.
+    pub(crate) cluster_name: Option<String>,
     /// Response headers that filters asked for (x-ratelimit-*).
     pub(crate) filter_response_headers: Vec<(http::HeaderName, String)>,
     /// Bodies of shadow requests still being fed; None once mirrors were started.
@@ -145,6 +149,35 @@ impl HttpHandler {
                 Some(rc) => Some(rc.clone()),
                 None => snap.routes.get(name).cloned(),
             },
+        }
+    }
+}
+
+/// The cluster a forwarding route sends this request to (a weighted pick is remembered in
+/// `ctx.weighted`, for that cluster's header mutations).
+fn pick_cluster(a: &RouteAction, req: &RequestHeader, ctx: &mut Ctx) -> Option<String> {
+    match &a.cluster {
+        ClusterSpecifier::Cluster(c) => Some(c.clone()),
+        ClusterSpecifier::Header(h) => req
+            .headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        ClusterSpecifier::Weighted { clusters, total } => {
+            let mut pick = rand::random_range(0..*total);
+            let idx = clusters
+                .iter()
+                .position(|c| {
+                    if pick < c.weight as u64 {
+                        true
+                    } else {
+                        pick -= c.weight as u64;
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            ctx.weighted = Some(idx);
+            Some(clusters[idx].name.clone())
         }
     }
 }
@@ -306,8 +339,13 @@ impl ProxyHttp for HttpHandler {
         });
         ctx.route_config = Some(rc.clone());
         ctx.matched = matched;
+        if let Some((v, i)) = matched {
+            if let Action::Forward(a) = &rc.virtual_hosts[v].routes[i].action {
+                ctx.cluster_name = pick_cluster(a, session.req_header(), ctx);
+            }
+        }
         // The filters before the router (they see the route, and may answer themselves).
-        let reply = self.decode_headers(ctx, session.req_header_mut());
+        let reply = self.decode_headers(ctx, session.req_header_mut()).await;
         if let Some(r) = reply {
             ctx.grpc_status = r.grpc_status;
             let extra: Vec<(&str, String)> = r
@@ -315,14 +353,8 @@ impl ProxyHttp for HttpHandler {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.clone()))
                 .collect();
-            self.send_local(
-                session,
-                r.status,
-                Bytes::from_static(r.body.as_bytes()),
-                &extra,
-                ctx,
-            )
-            .await?;
+            self.send_local(session, r.status, Bytes::from(r.body), &extra, ctx)
+                .await?;
             return Ok(true);
         }
         let Some((v, i)) = matched else {
@@ -360,31 +392,7 @@ impl ProxyHttp for HttpHandler {
                 Ok(true)
             }
             Action::Forward(a) => {
-                let name = match &a.cluster {
-                    ClusterSpecifier::Cluster(c) => Some(c.clone()),
-                    ClusterSpecifier::Header(h) => session
-                        .req_header()
-                        .headers
-                        .get(h)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string),
-                    ClusterSpecifier::Weighted { clusters, total } => {
-                        let mut pick = rand::random_range(0..*total);
-                        let idx = clusters
-                            .iter()
-                            .position(|c| {
-                                if pick < c.weight as u64 {
-                                    true
-                                } else {
-                                    pick -= c.weight as u64;
-                                    false
-                                }
-                            })
-                            .unwrap_or(0);
-                        ctx.weighted = Some(idx);
-                        Some(clusters[idx].name.clone())
-                    }
-                };
+                let name = ctx.cluster_name.take();
                 ctx.action = Some(a.clone());
                 if a.retry.is_some() {
                     session.enable_retry_buffering();

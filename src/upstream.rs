@@ -27,6 +27,21 @@ pub struct Host {
     pub weight: u32,
     /// Requests in flight, for LEAST_REQUEST.
     pub active: AtomicUsize,
+    /// A gRPC channel to this host, made on first use (for filters that call a service).
+    grpc: std::sync::OnceLock<tonic::transport::Channel>,
+}
+
+impl Host {
+    /// The host's gRPC channel (HTTP/2, reconnecting by itself).
+    pub fn grpc_channel(&self) -> tonic::transport::Channel {
+        self.grpc
+            .get_or_init(|| {
+                tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+                    .expect("a socket address is a valid URI")
+                    .connect_lazy()
+            })
+            .clone()
+    }
 }
 
 pub struct ClusterRuntime {
@@ -81,6 +96,7 @@ impl ClusterRuntime {
                     let host = Host {
                         addr,
                         hostname: e.hostname.clone(),
+                        grpc: std::sync::OnceLock::new(),
                         weight: e.weight,
                         active: AtomicUsize::new(0),
                     };

@@ -336,6 +336,6 @@ async fn http10_is_served_with_accept_http_10() {
         "[]",
     )
     .await;
-        let status = raw(addr, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    let status = raw(addr, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await;
     assert!(status.ends_with(" 200 OK"), "{status}");
 }

@@ -229,6 +229,13 @@ pub async fn static_proxy(routes: &str, clusters: &str) -> (Running, SocketAddr)
 
 /// Like [`static_proxy`], with more HTTP connection manager fields (`key: value`, one line).
 pub async fn static_proxy_with(hcm: &str, routes: &str, clusters: &str) -> (Running, SocketAddr) {
+    // The router alone, unless the caller gives its own filter chain.
+    let router = r#"http_filters: [ { name: envoy.filters.http.router, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } } ]"#;
+    let filters = if hcm.contains("http_filters:") {
+        ""
+    } else {
+        router
+    };
     let yaml = format!(
         r#"
 admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
@@ -244,7 +251,7 @@ static_resources:
           stat_prefix: t
           {hcm}
           route_config: {{ name: r, virtual_hosts: [ {{ name: v, domains: ["*"], routes: {routes} }} ] }}
-          http_filters: [ {{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }} ]
+          {filters}
   clusters: {clusters}
 "#
     );

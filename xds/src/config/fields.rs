@@ -221,6 +221,11 @@ pub static RULES: &[Rule] = &[
         ],
     ),
     rule(
+        "envoy.config.ratelimit.v3.RateLimitServiceConfig",
+        &["grpc_service", "transport_api_version"],
+        &[],
+    ),
+    rule(
         "envoy.config.route.v3.DirectResponseAction",
         &["status", "body"],
         &[],
@@ -250,6 +255,40 @@ pub static RULES: &[Rule] = &[
     rule(
         "envoy.config.route.v3.QueryParameterMatcher",
         &["name", "string_match", "present_match"],
+        &[],
+    ),
+    rule(
+        "envoy.config.route.v3.RateLimit",
+        &["stage", "actions"],
+        &["disable_key"],
+    ),
+    rule(
+        "envoy.config.route.v3.RateLimit.Action",
+        &[
+            "source_cluster",
+            "destination_cluster",
+            "request_headers",
+            "query_parameters",
+            "remote_address",
+            "masked_remote_address",
+            "generic_key",
+            "header_value_match",
+        ],
+        &[],
+    ),
+    rule(
+        "envoy.config.route.v3.RateLimit.Action.GenericKey",
+        &["descriptor_value", "descriptor_key"],
+        &[],
+    ),
+    rule(
+        "envoy.config.route.v3.RateLimit.Action.HeaderValueMatch",
+        &[
+            "descriptor_value",
+            "descriptor_key",
+            "expect_match",
+            "headers",
+        ],
         &[],
     ),
     rule(
@@ -302,6 +341,8 @@ pub static RULES: &[Rule] = &[
     rule(
         "envoy.config.route.v3.RouteAction",
         &[
+            "rate_limits",
+            "include_vh_rate_limits",
             "cluster",
             "weighted_clusters",
             "cluster_header",
@@ -358,6 +399,7 @@ pub static RULES: &[Rule] = &[
     rule(
         "envoy.config.route.v3.VirtualHost",
         &[
+            "rate_limits",
             "typed_per_filter_config",
             "name",
             "domains",
@@ -405,6 +447,24 @@ pub static RULES: &[Rule] = &[
             "rate_limited_as_resource_exhausted",
         ],
         &[],
+    ),
+    rule(
+        "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        &[
+            "domain",
+            "stage",
+            "request_type",
+            "timeout",
+            "failure_mode_deny",
+            "rate_limit_service",
+            "enable_x_ratelimit_headers",
+            "disable_x_envoy_ratelimited_header",
+            "rate_limited_status",
+            "response_headers_to_add",
+            "status_on_error",
+            "rate_limited_as_resource_exhausted",
+        ],
+        &["stat_prefix"],
     ),
     rule(
         "envoy.extensions.filters.http.router.v3.Router",

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sentinel_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3 as pb;
 
 use super::local_ratelimit::{self, LocalRateLimit};
+use super::ratelimit::{self, RateLimitFilter};
 use super::route::RouteConfig;
 use super::{timeout_or, ConfigError, Result};
 
@@ -46,6 +47,10 @@ pub enum HttpFilter {
     LocalRateLimit {
         name: String,
         config: Arc<LocalRateLimit>,
+    },
+    RateLimit {
+        name: String,
+        config: Arc<RateLimitFilter>,
     },
 }
 
@@ -156,6 +161,17 @@ impl HttpConnectionManager {
                 let config = LocalRateLimit::from_proto(&proto)
                     .map_err(|e| e.within(&format!("{path}.typed_config")))?;
                 http_filters.push(HttpFilter::LocalRateLimit {
+                    name: f.name.clone(),
+                    config: Arc::new(config),
+                });
+            } else if let (ratelimit::TYPE, Some(pb::http_filter::ConfigType::TypedConfig(any))) =
+                (type_name.as_str(), &f.config_type)
+            {
+                let proto = sentinel_proto::from_any(any)
+                    .map_err(|e| ConfigError::new(format!("{path}.typed_config"), e.to_string()))?;
+                let config = RateLimitFilter::from_proto(&proto)
+                    .map_err(|e| e.within(&format!("{path}.typed_config")))?;
+                http_filters.push(HttpFilter::RateLimit {
                     name: f.name.clone(),
                     config: Arc::new(config),
                 });

@@ -15,6 +15,7 @@ pub mod hcm;
 pub mod listener;
 pub mod local_ratelimit;
 pub mod matcher;
+pub mod ratelimit;
 pub mod route;
 
 use std::time::Duration;

@@ -210,6 +210,7 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
     pub headers: HeaderMutations,
     pub per_filter: PerFilter,
+    pub rate_limits: Vec<super::ratelimit::RateLimitRule>,
 }
 
 #[derive(Debug, Clone)]
@@ -341,6 +342,9 @@ pub struct RouteAction {
     pub idle_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub mirrors: Vec<Mirror>,
+    pub rate_limits: Vec<super::ratelimit::RateLimitRule>,
+    /// The virtual host's `rate_limits` apply too (they do anyway when the route has none).
+    pub include_vh_rate_limits: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -471,6 +475,7 @@ impl VirtualHost {
             name: vh.name.clone(),
             domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
             per_filter: per_filter(&vh.typed_per_filter_config)?,
+            rate_limits: super::ratelimit::rules(&vh.rate_limits, "rate_limits")?,
             routes,
             headers: HeaderMutations::from_proto(
                 &vh.request_headers_to_add,
@@ -717,6 +722,8 @@ impl RouteAction {
             host_rewrite,
             timeout: timeout_or(a.timeout.as_ref(), Some(Duration::from_secs(15)), "timeout")?,
             idle_timeout: timeout_or(a.idle_timeout.as_ref(), None, "idle_timeout")?,
+            rate_limits: super::ratelimit::rules(&a.rate_limits, "rate_limits")?,
+            include_vh_rate_limits: a.include_vh_rate_limits.as_ref().is_some_and(|b| b.value),
             retry: a
                 .retry_policy
                 .as_ref()
