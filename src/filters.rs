@@ -8,11 +8,14 @@
 use std::time::Instant;
 
 use pingora_http::RequestHeader;
+use pingora_http::ResponseHeader;
+use sentinel_xds::config::ext_proc::{ExtProc, ExtProcPerRoute};
 use sentinel_xds::config::hcm::HttpFilter;
 use sentinel_xds::config::local_ratelimit::LocalRateLimit;
 use sentinel_xds::config::ratelimit::RateLimitFilter;
 use sentinel_xds::config::route::{Action, FilterOverride, PerFilter, Route, VirtualHost};
 
+use crate::ext_proc::{self, Outcome};
 use crate::headers::{self, apply_add};
 use crate::proxy::{Ctx, HttpHandler};
 use crate::ratelimit::{self, DescriptorInput, Verdict};
@@ -42,7 +45,7 @@ fn effective<'a>(
         match per.get(name) {
             Some(FilterOverride::Disabled) => return None,
             Some(FilterOverride::LocalRateLimit(c)) => return Some(c),
-            None => {}
+            Some(FilterOverride::ExtProc(_)) | None => {}
         }
     }
     Some(own)
@@ -78,6 +81,10 @@ impl HttpHandler {
                     self.global_rate_limit(config, req, route, vhost, &mut response_headers, ctx)
                         .await
                 }
+                HttpFilter::ExtProc { name, config } => {
+                    let levels = [route.map(|r| &r.per_filter), vhost.map(|v| &v.per_filter)];
+                    self.ext_proc_request(name, config, levels, req, ctx).await
+                }
             };
             if let Some(mut r) = reply {
                 r.headers.splice(0..0, response_headers);
@@ -86,6 +93,122 @@ impl HttpHandler {
         }
         ctx.filter_response_headers.extend(response_headers);
         None
+    }
+
+    /// Sends the request headers to an external processor (when its mode says so) and
+    /// applies its answer; keeps the conversation for the response headers.
+    async fn ext_proc_request(
+        &self,
+        name: &str,
+        config: &std::sync::Arc<ExtProc>,
+        levels: [Option<&PerFilter>; 2],
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Option<FilterReply> {
+        let mut mode = config.mode;
+        for per in levels.into_iter().flatten() {
+            match per.get(name) {
+                Some(FilterOverride::Disabled)
+                | Some(FilterOverride::ExtProc(ExtProcPerRoute::Disabled)) => return None,
+                Some(FilterOverride::ExtProc(ExtProcPerRoute::Mode(m))) => {
+                    mode = *m;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let mut conv = ext_proc::Conversation::new(config.clone());
+        if mode.request_headers {
+            let end = req
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v == "0")
+                || (!req.headers.contains_key(http::header::CONTENT_LENGTH)
+                    && !req.headers.contains_key(http::header::TRANSFER_ENCODING)
+                    && req.version != http::Version::HTTP_2);
+            let answer = conv
+                .exchange(&self.clusters, ext_proc::request_headers(req, end))
+                .await
+                .and_then(|r| ext_proc::outcome(r, true, config));
+            match answer {
+                Ok(Outcome::Immediate(i)) => return Some(ext_proc::immediate_reply(i)),
+                Ok(Outcome::Continue {
+                    mutation,
+                    clear_route_cache,
+                }) => {
+                    if let Some(m) = mutation {
+                        match ext_proc::apply(&m, &config.mutation_rules, req) {
+                            Ok(pseudo) => {
+                                for (k, v) in pseudo {
+                                    if k == ":path" {
+                                        if let Ok(uri) = v.parse() {
+                                            req.set_uri(uri);
+                                        }
+                                    }
+                                }
+                            }
+                            Err(f) => return self.ext_proc_failure(config, f),
+                        }
+                    }
+                    ctx.clear_route_cache |= clear_route_cache;
+                }
+                Err(f) => return self.ext_proc_failure(config, f),
+            }
+        }
+        if mode.response_headers {
+            ctx.ext_proc.push(conv);
+        }
+        None
+    }
+
+    /// A processor that failed: pass the request on, or answer 504/500 (`failure_mode_allow`).
+    fn ext_proc_failure(&self, config: &ExtProc, f: ext_proc::Failure) -> Option<FilterReply> {
+        tracing::debug!("ext_proc failed: {f:?}");
+        (!config.failure_mode_allow).then(|| FilterReply {
+            status: f.status(),
+            body: String::new(),
+            headers: vec![],
+            grpc_status: None,
+        })
+    }
+
+    /// The response headers go to each processor that asked for them, in reverse filter
+    /// order (as Envoy encodes). Returns the status to answer with instead, on failure.
+    pub(crate) async fn ext_proc_response(&self, resp: &mut ResponseHeader, ctx: &mut Ctx) {
+        let mut convs = std::mem::take(&mut ctx.ext_proc);
+        for conv in convs.iter_mut().rev() {
+            let config = conv.config.clone();
+            let answer = conv
+                .exchange(&self.clusters, ext_proc::response_headers(resp))
+                .await
+                .and_then(|r| ext_proc::outcome(r, false, &config));
+            let failure = match answer {
+                Ok(Outcome::Continue {
+                    mutation: Some(m), ..
+                }) => match ext_proc::apply(&m, &config.mutation_rules, resp) {
+                    Ok(pseudo) => {
+                        for (k, v) in pseudo {
+                            if let (":status", Ok(code)) = (k.as_str(), v.parse::<u16>()) {
+                                let _ = resp.set_status(code);
+                            }
+                        }
+                        None
+                    }
+                    Err(f) => Some(f),
+                },
+                Ok(Outcome::Continue { mutation: None, .. }) => None,
+                Ok(Outcome::Immediate(i)) => {
+                    let reply = ext_proc::immediate_reply(i);
+                    replace_response(resp, ctx, reply.status, reply.body, reply.headers);
+                    return;
+                }
+                Err(f) => Some(f),
+            };
+            if let (Some(f), false) = (failure, config.failure_mode_allow) {
+                replace_response(resp, ctx, f.status(), String::new(), vec![]);
+                return;
+            }
+        }
     }
 
     async fn global_rate_limit(
@@ -183,4 +306,25 @@ fn local_rate_limit(
         // RESOURCE_EXHAUSTED rather than UNAVAILABLE, when asked.
         grpc_status: cfg.as_resource_exhausted.then_some(8),
     })
+}
+
+/// Turns the upstream's response into another one: new status and headers now, and the body
+/// replaced as it streams (see `Ctx::replace_body`).
+fn replace_response(
+    resp: &mut ResponseHeader,
+    ctx: &mut Ctx,
+    status: u16,
+    body: String,
+    headers: Vec<(http::HeaderName, String)>,
+) {
+    let _ = resp.set_status(status);
+    let names: Vec<http::HeaderName> = resp.headers.keys().cloned().collect();
+    for n in names {
+        resp.remove_header(&n);
+    }
+    for (k, v) in headers {
+        let _ = resp.insert_header(k, v);
+    }
+    let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+    ctx.replace_body = Some(bytes::Bytes::from(body));
 }

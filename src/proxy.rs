@@ -89,6 +89,12 @@ pub struct Ctx {
     pub(crate) counted: bool,
     /// The grpc-status of a filter's own gRPC answer, when it is not the mapped one.
     pub(crate) grpc_status: Option<u32>,
+    /// External processor conversations that wait for the response headers.
+    pub(crate) ext_proc: Vec<crate::ext_proc::Conversation>,
+    /// A processor asked to route again (`clear_route_cache`).
+    pub(crate) clear_route_cache: bool,
+    /// A body that replaces the upstream's (a processor's immediate response).
+    pub(crate) replace_body: Option<Bytes>,
     /// The cluster the matched route forwards to, picked before the filters run.
     pub(crate) cluster_name: Option<String>,
     /// Response headers that filters asked for (x-ratelimit-*).
@@ -149,6 +155,36 @@ impl HttpHandler {
                 Some(rc) => Some(rc.clone()),
                 None => snap.routes.get(name).cloned(),
             },
+        }
+    }
+}
+
+impl HttpHandler {
+    /// Matches the request against the route configuration, and picks the cluster of a
+    /// forwarding route.
+    fn select_route(&self, rc: &RouteConfig, req: &RequestHeader, ctx: &mut Ctx) {
+        let host = host_of(req);
+        let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let (path, query) = pq.split_once('?').map_or((pq, None), |(p, q)| (p, Some(q)));
+        ctx.matched = router::virtual_host(rc, &host).and_then(|vh| {
+            let view = RequestView {
+                method: &req.method,
+                path,
+                query,
+                headers: &req.headers,
+                random: rand::random_range(0..1_000_000),
+            };
+            let r = router::route(vh, &view)?;
+            let v = rc.virtual_hosts.iter().position(|x| std::ptr::eq(x, vh))?;
+            let i = vh.routes.iter().position(|x| std::ptr::eq(x, r))?;
+            Some((v, i))
+        });
+        ctx.cluster_name = None;
+        ctx.weighted = None;
+        if let Some((v, i)) = ctx.matched {
+            if let Action::Forward(a) = &rc.virtual_hosts[v].routes[i].action {
+                ctx.cluster_name = pick_cluster(a, req, ctx);
+            }
         }
     }
 }
@@ -320,30 +356,8 @@ impl ProxyHttp for HttpHandler {
                 .await?;
             return Ok(true);
         };
-        let req = session.req_header();
-        let host = host_of(req);
-        let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let (path, query) = pq.split_once('?').map_or((pq, None), |(p, q)| (p, Some(q)));
-        let matched = router::virtual_host(&rc, &host).and_then(|vh| {
-            let view = RequestView {
-                method: &req.method,
-                path,
-                query,
-                headers: &req.headers,
-                random: rand::random_range(0..1_000_000),
-            };
-            let r = router::route(vh, &view)?;
-            let v = rc.virtual_hosts.iter().position(|x| std::ptr::eq(x, vh))?;
-            let i = vh.routes.iter().position(|x| std::ptr::eq(x, r))?;
-            Some((v, i))
-        });
         ctx.route_config = Some(rc.clone());
-        ctx.matched = matched;
-        if let Some((v, i)) = matched {
-            if let Action::Forward(a) = &rc.virtual_hosts[v].routes[i].action {
-                ctx.cluster_name = pick_cluster(a, session.req_header(), ctx);
-            }
-        }
+        self.select_route(&rc, session.req_header(), ctx);
         // The filters before the router (they see the route, and may answer themselves).
         let reply = self.decode_headers(ctx, session.req_header_mut()).await;
         if let Some(r) = reply {
@@ -357,7 +371,11 @@ impl ProxyHttp for HttpHandler {
                 .await?;
             return Ok(true);
         }
-        let Some((v, i)) = matched else {
+        if ctx.clear_route_cache {
+            // A filter changed the request and asked to route it again.
+            self.select_route(&rc, session.req_header(), ctx);
+        }
+        let Some((v, i)) = ctx.matched else {
             self.stats.no_route.inc();
             self.send_local(session, 404, Bytes::new(), &[], ctx)
                 .await?;
@@ -708,8 +726,26 @@ impl ProxyHttp for HttpHandler {
                 start.elapsed().as_millis().to_string(),
             );
         }
+        if !ctx.ext_proc.is_empty() {
+            self.ext_proc_response(resp, ctx).await;
+        }
         self.finish_response_headers(resp, ctx, session.req_header());
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        // A processor's immediate response replaces the upstream's body: the first chunk
+        // carries it, the rest is dropped.
+        if let Some(replacement) = &mut ctx.replace_body {
+            *body = (!replacement.is_empty()).then(|| std::mem::take(replacement));
+        }
+        Ok(None)
     }
 
     fn upstream_response_body_filter(

@@ -75,6 +75,19 @@ pub static RULES: &[Rule] = &[
         &["choice_count"],
         &[],
     ),
+    rule(
+        "envoy.config.common.mutation_rules.v3.HeaderMutationRules",
+        &[
+            "allow_all_routing",
+            "allow_envoy",
+            "disallow_system",
+            "disallow_all",
+            "allow_expression",
+            "disallow_expression",
+            "disallow_is_error",
+        ],
+        &[],
+    ),
     rule("envoy.config.core.v3.Address", &["socket_address"], &[]),
     rule(
         "envoy.config.core.v3.ApiConfigSource",
@@ -432,6 +445,42 @@ pub static RULES: &[Rule] = &[
             "response_headers_to_remove",
         ],
         &["metadata_match"],
+    ),
+    rule(
+        "envoy.extensions.filters.http.ext_proc.v3.ExtProcOverrides",
+        &["processing_mode"],
+        &[],
+    ),
+    rule(
+        "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+        &["disabled", "overrides"],
+        &[],
+    ),
+    rule(
+        "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        &[
+            "grpc_service",
+            "failure_mode_allow",
+            "processing_mode",
+            "message_timeout",
+            "mutation_rules",
+            "allow_mode_override",
+            "disable_immediate_response",
+            "observability_mode",
+        ],
+        &["stat_prefix"],
+    ),
+    rule(
+        "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
+        &[
+            "request_header_mode",
+            "response_header_mode",
+            "request_body_mode",
+            "response_body_mode",
+            "request_trailer_mode",
+            "response_trailer_mode",
+        ],
+        &[],
     ),
     rule(
         "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",

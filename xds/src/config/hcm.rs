@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sentinel_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3 as pb;
 
+use super::ext_proc::{self, ExtProc};
 use super::local_ratelimit::{self, LocalRateLimit};
 use super::ratelimit::{self, RateLimitFilter};
 use super::route::RouteConfig;
@@ -51,6 +52,10 @@ pub enum HttpFilter {
     RateLimit {
         name: String,
         config: Arc<RateLimitFilter>,
+    },
+    ExtProc {
+        name: String,
+        config: Arc<ExtProc>,
     },
 }
 
@@ -172,6 +177,17 @@ impl HttpConnectionManager {
                 let config = RateLimitFilter::from_proto(&proto)
                     .map_err(|e| e.within(&format!("{path}.typed_config")))?;
                 http_filters.push(HttpFilter::RateLimit {
+                    name: f.name.clone(),
+                    config: Arc::new(config),
+                });
+            } else if let (ext_proc::TYPE, Some(pb::http_filter::ConfigType::TypedConfig(any))) =
+                (type_name.as_str(), &f.config_type)
+            {
+                let proto = sentinel_proto::from_any(any)
+                    .map_err(|e| ConfigError::new(format!("{path}.typed_config"), e.to_string()))?;
+                let config = ExtProc::from_proto(&proto)
+                    .map_err(|e| e.within(&format!("{path}.typed_config")))?;
+                http_filters.push(HttpFilter::ExtProc {
                     name: f.name.clone(),
                     config: Arc::new(config),
                 });

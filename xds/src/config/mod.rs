@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod endpoint;
+pub mod ext_proc;
 pub mod fields;
 pub mod hcm;
 pub mod listener;

@@ -1,0 +1,273 @@
+//! `envoy.filters.http.ext_proc`, the data plane side: one `Process` stream per request,
+//! header messages out, mutations and immediate responses back.
+
+use std::sync::Arc;
+
+use pingora_http::{RequestHeader, ResponseHeader};
+use sentinel_proto::pb::envoy::config::core::v3::{
+    header_value_option, HeaderMap, HeaderValue, HeaderValueOption,
+};
+use sentinel_proto::pb::envoy::service::ext_proc::v3::{
+    external_processor_client::ExternalProcessorClient, processing_request, processing_response,
+    HeaderMutation, HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse,
+};
+use sentinel_xds::config::ext_proc::{ExtProc, MutationRules};
+use tokio::sync::mpsc;
+
+use crate::filters::FilterReply;
+use crate::headers::Headers;
+use crate::upstream::ClusterManager;
+
+/// Why talking to the processor failed: Envoy answers 504 for a timeout, 500 otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    Timeout,
+    Error,
+}
+
+impl Failure {
+    pub(crate) fn status(self) -> u16 {
+        match self {
+            Failure::Timeout => 504,
+            Failure::Error => 500,
+        }
+    }
+}
+
+/// One request's conversation with one processor.
+pub(crate) struct Conversation {
+    pub config: Arc<ExtProc>,
+    stream: Option<(
+        mpsc::Sender<ProcessingRequest>,
+        tonic::Streaming<ProcessingResponse>,
+    )>,
+}
+
+/// What the processor said about a set of headers.
+pub(crate) enum Outcome {
+    Continue {
+        mutation: Option<HeaderMutation>,
+        clear_route_cache: bool,
+    },
+    Immediate(ImmediateResponse),
+}
+
+fn header_map<'a>(pairs: impl Iterator<Item = (&'a str, &'a [u8])>) -> HeaderMap {
+    HeaderMap {
+        headers: pairs
+            .map(|(k, v)| HeaderValue {
+                key: k.to_string(),
+                raw_value: v.to_vec(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// The request headers as Envoy sends them: pseudo-headers first.
+pub(crate) fn request_headers(req: &RequestHeader, end_of_stream: bool) -> ProcessingRequest {
+    let authority = crate::request::host_of(req);
+    let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pseudo = [
+        (":authority", authority.as_bytes()),
+        (":path", path.as_bytes()),
+        (":method", req.method.as_str().as_bytes()),
+        (":scheme", b"http".as_slice()),
+    ];
+    let regular = req
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != http::header::HOST)
+        .map(|(k, v)| (k.as_str(), v.as_bytes()));
+    ProcessingRequest {
+        request: Some(processing_request::Request::RequestHeaders(HttpHeaders {
+            headers: Some(header_map(pseudo.into_iter().chain(regular))),
+            end_of_stream,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn response_headers(resp: &ResponseHeader) -> ProcessingRequest {
+    let status = resp.status.as_str().to_string();
+    let pseudo = [(":status", status.as_bytes())];
+    let regular = resp.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
+    ProcessingRequest {
+        request: Some(processing_request::Request::ResponseHeaders(HttpHeaders {
+            headers: Some(header_map(pseudo.into_iter().chain(regular))),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+impl Conversation {
+    pub(crate) fn new(config: Arc<ExtProc>) -> Self {
+        Self {
+            config,
+            stream: None,
+        }
+    }
+
+    /// Sends one message and waits (at most `message_timeout`) for its answer.
+    pub(crate) async fn exchange(
+        &mut self,
+        clusters: &ClusterManager,
+        msg: ProcessingRequest,
+    ) -> Result<ProcessingResponse, Failure> {
+        let timeout = self.config.message_timeout;
+        let work = async {
+            match &mut self.stream {
+                Some((tx, _)) => tx.send(msg).await.map_err(|_| Failure::Error)?,
+                None => {
+                    let host = clusters
+                        .get(&self.config.cluster)
+                        .and_then(|c| c.pick())
+                        .ok_or(Failure::Error)?;
+                    let (tx, rx) = mpsc::channel(4);
+                    // Queue the first message before the call: some servers answer the
+                    // call's headers only with their first message.
+                    tx.send(msg).await.map_err(|_| Failure::Error)?;
+                    let mut client = ExternalProcessorClient::new(host.grpc_channel());
+                    let call = client.process(tokio_stream::wrappers::ReceiverStream::new(rx));
+                    let responses = call.await.map_err(|_| Failure::Error)?.into_inner();
+                    self.stream = Some((tx, responses));
+                }
+            }
+            let (_, responses) = self.stream.as_mut().expect("opened above");
+            responses
+                .message()
+                .await
+                .ok()
+                .flatten()
+                .ok_or(Failure::Error)
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or(Err(Failure::Timeout))
+    }
+}
+
+/// Reads the processor's answer to a headers message of the expected kind.
+pub(crate) fn outcome(
+    resp: ProcessingResponse,
+    request_phase: bool,
+    config: &ExtProc,
+) -> Result<Outcome, Failure> {
+    use processing_response::Response as R;
+    match resp.response {
+        Some(R::ImmediateResponse(i)) if !config.disable_immediate_response => {
+            Ok(Outcome::Immediate(i))
+        }
+        Some(R::RequestHeaders(h)) if request_phase => Ok(continued(h.response)),
+        Some(R::ResponseHeaders(h)) if !request_phase => Ok(continued(h.response)),
+        _ => Err(Failure::Error),
+    }
+}
+
+fn continued(
+    r: Option<sentinel_proto::pb::envoy::service::ext_proc::v3::CommonResponse>,
+) -> Outcome {
+    let r = r.unwrap_or_default();
+    Outcome::Continue {
+        mutation: r.header_mutation,
+        clear_route_cache: r.clear_route_cache,
+    }
+}
+
+fn value_of(h: &HeaderValue) -> String {
+    if h.raw_value.is_empty() {
+        h.value.clone()
+    } else {
+        String::from_utf8_lossy(&h.raw_value).into_owned()
+    }
+}
+
+/// Applies a header mutation within the rules. A pseudo-header the caller handles (`:path`,
+/// `:status`) comes back to it; a refused mutation is skipped, or an error under
+/// `disallow_is_error`.
+pub(crate) fn apply(
+    mutation: &HeaderMutation,
+    rules: &MutationRules,
+    target: &mut impl Headers,
+) -> Result<Vec<(String, String)>, Failure> {
+    let mut pseudo = Vec::new();
+    let refuse = || {
+        if rules.disallow_is_error {
+            Err(Failure::Error)
+        } else {
+            Ok(())
+        }
+    };
+    for opt in &mutation.set_headers {
+        let Some(h) = &opt.header else { continue };
+        let name = h.key.to_ascii_lowercase();
+        if !rules.allows(&name) {
+            refuse()?;
+            continue;
+        }
+        let value = value_of(h);
+        if name.starts_with(':') {
+            pseudo.push((name, value));
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::try_from(name),
+            http::HeaderValue::try_from(value),
+        ) else {
+            refuse()?;
+            continue;
+        };
+        if appends(opt) && target.has(&name) {
+            target.append(name, value);
+        } else {
+            target.insert(name, value);
+        }
+    }
+    for name in &mutation.remove_headers {
+        let name = name.to_ascii_lowercase();
+        if name.starts_with(':') || !rules.allows(&name) {
+            refuse()?;
+            continue;
+        }
+        target.remove(&name);
+    }
+    Ok(pseudo)
+}
+
+#[allow(deprecated)] // `append` is deprecated, but processors still send it.
+fn appends(opt: &HeaderValueOption) -> bool {
+    match opt.append.as_ref() {
+        Some(b) => b.value,
+        None => {
+            opt.append_action == header_value_option::HeaderAppendAction::AppendIfExistsOrAdd as i32
+        }
+    }
+}
+
+/// An immediate response as the filter's own answer.
+pub(crate) fn immediate_reply(i: ImmediateResponse) -> FilterReply {
+    let status = i
+        .status
+        .as_ref()
+        .map_or(200, |s| s.code as u16)
+        .clamp(200, 599);
+    let headers = i
+        .headers
+        .iter()
+        .flat_map(|m| &m.set_headers)
+        .filter_map(|o| o.header.as_ref())
+        .filter_map(|h| {
+            http::HeaderName::try_from(h.key.to_ascii_lowercase())
+                .ok()
+                .map(|k| (k, value_of(h)))
+        })
+        .collect();
+    FilterReply {
+        status,
+        body: String::from_utf8_lossy(&i.body).into_owned(),
+        headers,
+        grpc_status: i.grpc_status.map(|g| g.status),
+    }
+}

@@ -1,0 +1,229 @@
+//! External processing (ext_proc) end to end, in process, with a scripted processor.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use sentinel_proto::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use sentinel_proto::pb::envoy::service::ext_proc::v3::{
+    external_processor_server::{ExternalProcessor, ExternalProcessorServer},
+    processing_request::Request,
+    processing_response::Response,
+    CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse, ProcessingRequest,
+    ProcessingResponse,
+};
+
+/// Looks at `:path`: /blocked gets a 403, /slow is answered too late, anything else gets
+/// its path rewritten to /rewritten, an added header, and a try at changing `host` (which the
+/// default mutation rules refuse). Response headers get `x-resp-proc`.
+#[derive(Clone, Default)]
+struct Processor {
+    calls: Arc<AtomicUsize>,
+}
+
+fn set(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.into(),
+            raw_value: value.as_bytes().to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn header(
+    req: &sentinel_proto::pb::envoy::service::ext_proc::v3::HttpHeaders,
+    name: &str,
+) -> Option<String> {
+    req.headers
+        .as_ref()?
+        .headers
+        .iter()
+        .find(|h| h.key == name)
+        .map(|h| String::from_utf8_lossy(&h.raw_value).into_owned())
+}
+
+#[tonic::async_trait]
+impl ExternalProcessor for Processor {
+    type ProcessStream =
+        tokio_stream::wrappers::ReceiverStream<Result<ProcessingResponse, tonic::Status>>;
+
+    async fn process(
+        &self,
+        req: tonic::Request<tonic::Streaming<ProcessingRequest>>,
+    ) -> Result<tonic::Response<Self::ProcessStream>, tonic::Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let calls = self.calls.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = inbound.message().await {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let response = match msg.request {
+                    Some(Request::RequestHeaders(h)) => match header(&h, ":path").as_deref() {
+                        Some("/blocked") => Response::ImmediateResponse(ImmediateResponse {
+                            status: Some(sentinel_proto::pb::envoy::r#type::v3::HttpStatus {
+                                code: 403,
+                            }),
+                            headers: Some(HeaderMutation {
+                                set_headers: vec![set("x-why", "policy")],
+                                ..Default::default()
+                            }),
+                            body: b"denied".to_vec(),
+                            ..Default::default()
+                        }),
+                        Some("/slow") => {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            Response::RequestHeaders(HeadersResponse::default())
+                        }
+                        _ => Response::RequestHeaders(HeadersResponse {
+                            response: Some(CommonResponse {
+                                header_mutation: Some(HeaderMutation {
+                                    set_headers: vec![
+                                        set(":path", "/rewritten"),
+                                        set("x-added", "1"),
+                                        set("host", "evil.example"),
+                                    ],
+                                    remove_headers: vec!["x-secret".into()],
+                                }),
+                                ..Default::default()
+                            }),
+                        }),
+                    },
+                    Some(Request::ResponseHeaders(_)) => {
+                        Response::ResponseHeaders(HeadersResponse {
+                            response: Some(CommonResponse {
+                                header_mutation: Some(HeaderMutation {
+                                    set_headers: vec![set("x-resp-proc", "1")],
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }),
+                        })
+                    }
+                    _ => continue,
+                };
+                if tx
+                    .send(Ok(ProcessingResponse {
+                        response: Some(response),
+                        ..Default::default()
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+}
+
+async fn processor() -> (SocketAddr, Processor) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let p = Processor::default();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ExternalProcessorServer::new(p.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    (addr, p)
+}
+
+fn h2_cluster(name: &str, addr: SocketAddr) -> String {
+    format!(
+        "{{ name: {name}, type: STATIC, connect_timeout: 1s, typed_extension_protocol_options: {{ envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {{ \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {{ http2_protocol_options: {{}} }} }} }}, load_assignment: {{ cluster_name: {name}, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }} ] }} ] }} }}",
+        addr.port()
+    )
+}
+
+fn filter(allow_failure: bool) -> String {
+    format!(
+        r#"http_filters: [ {{ name: envoy.filters.http.ext_proc, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor, grpc_service: {{ envoy_grpc: {{ cluster_name: proc }} }}, failure_mode_allow: {allow_failure}, message_timeout: 0.2s }} }}, {{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }} ]"#
+    )
+}
+
+const ROUTES: &str = r#"[
+  { match: { prefix: /noproc }, route: { cluster: up }, typed_per_filter_config: { envoy.filters.http.ext_proc: { "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute, disabled: true } } },
+  { match: { prefix: / }, route: { cluster: up } }
+]"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processor_mutates_headers_both_ways_within_the_rules() {
+    let up = upstream("up").await;
+    let (proc_addr, _) = processor().await;
+    let clusters = format!(
+        "[ {}, {} ]",
+        static_cluster("up", &[up]),
+        h2_cluster("proc", proc_addr)
+    );
+    let (_p, addr) = static_proxy_with(&filter(false), ROUTES, &clusters).await;
+    let (s, h, b) = get(addr, "/original").await.unwrap();
+    assert_eq!((s, b.as_str()), (200, "up"));
+    assert!(
+        h.contains("x-seen-path: /rewritten"),
+        "the processor's :path applies: {h}"
+    );
+    assert!(
+        h.contains("x-seen-host: test.local"),
+        "host is not the processor's to change: {h}"
+    );
+    assert!(
+        h.contains("x-resp-proc: 1"),
+        "response headers were processed: {h}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immediate_response_and_per_route_disable() {
+    let up = upstream("up").await;
+    let (proc_addr, p) = processor().await;
+    let clusters = format!(
+        "[ {}, {} ]",
+        static_cluster("up", &[up]),
+        h2_cluster("proc", proc_addr)
+    );
+    let (_p, addr) = static_proxy_with(&filter(false), ROUTES, &clusters).await;
+    let (s, h, b) = get(addr, "/blocked").await.unwrap();
+    assert_eq!((s, b.as_str()), (403, "denied"));
+    assert!(h.contains("x-why: policy"), "{h}");
+    let before = p.calls.load(Ordering::SeqCst);
+    let (s, h, _) = get(addr, "/noproc").await.unwrap();
+    assert_eq!(s, 200);
+    assert!(h.contains("x-seen-path: /noproc"), "{h}");
+    assert_eq!(
+        p.calls.load(Ordering::SeqCst),
+        before,
+        "a disabled route never reaches the processor"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_timeout_follows_failure_mode_allow() {
+    let up = upstream("up").await;
+    let (proc_addr, _) = processor().await;
+    let clusters = format!(
+        "[ {}, {} ]",
+        static_cluster("up", &[up]),
+        h2_cluster("proc", proc_addr)
+    );
+    let (_p, strict) = static_proxy_with(&filter(false), ROUTES, &clusters).await;
+    assert_eq!(get(strict, "/slow").await.unwrap().0, 504);
+    let (_q, lenient) = static_proxy_with(&filter(true), ROUTES, &clusters).await;
+    assert_eq!(get(lenient, "/slow").await.unwrap().0, 200);
+    // A processor that is not there at all: 500, or pass with failure_mode_allow.
+    let gone = format!(
+        "[ {}, {} ]",
+        static_cluster("up", &[up]),
+        h2_cluster("proc", dead_port())
+    );
+    let (_r, strict) = static_proxy_with(&filter(false), ROUTES, &gone).await;
+    assert_eq!(get(strict, "/x").await.unwrap().0, 500);
+}

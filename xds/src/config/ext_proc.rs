@@ -1,0 +1,212 @@
+//! `envoy.filters.http.ext_proc`: an external processor (WAF, auth, guardrails) that sees
+//! and may change each request's and response's headers over one gRPC stream per request.
+//!
+//! Supported: header processing (SEND/SKIP, both directions), header mutations under
+//! `mutation_rules`, immediate responses, `message_timeout`, `failure_mode_allow`, and the
+//! per-route `ExtProcPerRoute` (disabled, or another processing mode). Body and trailer
+//! processing are refused with a NACK until they are implemented.
+
+use std::time::Duration;
+
+use regex::Regex;
+use sentinel_proto::pb::envoy::config::common::mutation_rules::v3 as rules_pb;
+use sentinel_proto::pb::envoy::config::core::v3 as core_pb;
+use sentinel_proto::pb::envoy::extensions::filters::http::ext_proc::v3 as pb;
+
+use super::matcher::full_regex;
+use super::{duration, ConfigError, Result};
+
+pub const TYPE: &str = "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor";
+pub const PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute";
+
+/// Which parts go to the processor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessingMode {
+    pub request_headers: bool,
+    pub response_headers: bool,
+}
+
+impl ProcessingMode {
+    fn from_proto(m: Option<&pb::ProcessingMode>, path: &str) -> Result<Self> {
+        let Some(m) = m else {
+            return Ok(Self {
+                request_headers: true,
+                response_headers: true,
+            });
+        };
+        // HeaderSendMode: DEFAULT (0) and SEND (1) send, SKIP (2) skips.
+        let send = |v: i32| v != 2;
+        if m.request_body_mode != 0 || m.response_body_mode != 0 {
+            return Err(ConfigError::new(
+                path,
+                "body processing modes are not supported yet (only NONE)",
+            ));
+        }
+        if m.request_trailer_mode == 1 || m.response_trailer_mode == 1 {
+            return Err(ConfigError::new(
+                path,
+                "trailer processing is not supported yet (only SKIP)",
+            ));
+        }
+        Ok(Self {
+            request_headers: send(m.request_header_mode),
+            response_headers: send(m.response_header_mode),
+        })
+    }
+}
+
+/// `HeaderMutationRules`: which headers a processor may change.
+#[derive(Debug, Clone, Default)]
+pub struct MutationRules {
+    pub allow_all_routing: bool,
+    pub allow_envoy: bool,
+    pub disallow_system: bool,
+    pub disallow_all: bool,
+    pub allow_expression: Option<Regex>,
+    pub disallow_expression: Option<Regex>,
+    pub disallow_is_error: bool,
+}
+
+impl MutationRules {
+    fn from_proto(r: &rules_pb::HeaderMutationRules) -> Result<Self> {
+        let flag = |b: &Option<sentinel_proto::pb::google::protobuf::BoolValue>| {
+            b.as_ref().is_some_and(|b| b.value)
+        };
+        Ok(Self {
+            allow_all_routing: flag(&r.allow_all_routing),
+            allow_envoy: flag(&r.allow_envoy),
+            disallow_system: flag(&r.disallow_system),
+            disallow_all: flag(&r.disallow_all),
+            allow_expression: r
+                .allow_expression
+                .as_ref()
+                .map(|m| full_regex(m, "allow_expression"))
+                .transpose()?,
+            disallow_expression: r
+                .disallow_expression
+                .as_ref()
+                .map(|m| full_regex(m, "disallow_expression"))
+                .transpose()?,
+            disallow_is_error: flag(&r.disallow_is_error),
+        })
+    }
+
+    /// Whether a processor may set or remove this (lower-case) header, per Envoy's rules.
+    pub fn allows(&self, name: &str) -> bool {
+        let routing = matches!(name, "host" | ":authority" | ":scheme" | ":method");
+        if routing && !self.allow_all_routing {
+            return false;
+        }
+        if name.starts_with("x-envoy") && !self.allow_envoy {
+            return false;
+        }
+        if name.starts_with(':') && self.disallow_system && !routing {
+            return false;
+        }
+        if self
+            .disallow_expression
+            .as_ref()
+            .is_some_and(|r| r.is_match(name))
+        {
+            return false;
+        }
+        if self
+            .allow_expression
+            .as_ref()
+            .is_some_and(|r| r.is_match(name))
+        {
+            return true;
+        }
+        !self.disallow_all
+    }
+}
+
+#[derive(Debug)]
+pub struct ExtProc {
+    /// The processor's cluster (gRPC over HTTP/2).
+    pub cluster: String,
+    pub failure_mode_allow: bool,
+    pub mode: ProcessingMode,
+    pub message_timeout: Duration,
+    pub mutation_rules: MutationRules,
+    pub allow_mode_override: bool,
+    pub disable_immediate_response: bool,
+}
+
+fn cluster_of(g: Option<&core_pb::GrpcService>, path: &str) -> Result<String> {
+    match g.and_then(|g| g.target_specifier.as_ref()) {
+        Some(core_pb::grpc_service::TargetSpecifier::EnvoyGrpc(e))
+            if !e.cluster_name.is_empty() =>
+        {
+            Ok(e.cluster_name.clone())
+        }
+        _ => Err(ConfigError::new(
+            path,
+            "an envoy_grpc cluster_name is required",
+        )),
+    }
+}
+
+impl ExtProc {
+    pub fn from_proto(c: &pb::ExternalProcessor) -> Result<Self> {
+        if c.observability_mode {
+            return Err(ConfigError::new("observability_mode", "not supported yet"));
+        }
+        Ok(Self {
+            cluster: cluster_of(c.grpc_service.as_ref(), "grpc_service")?,
+            failure_mode_allow: c.failure_mode_allow,
+            mode: ProcessingMode::from_proto(c.processing_mode.as_ref(), "processing_mode")?,
+            message_timeout: c
+                .message_timeout
+                .as_ref()
+                .map(|d| duration(d, "message_timeout"))
+                .transpose()?
+                .unwrap_or(Duration::from_millis(200)),
+            mutation_rules: c
+                .mutation_rules
+                .as_ref()
+                .map(MutationRules::from_proto)
+                .transpose()
+                .map_err(|e| e.within("mutation_rules"))?
+                .unwrap_or_default(),
+            allow_mode_override: c.allow_mode_override,
+            disable_immediate_response: c.disable_immediate_response,
+        })
+    }
+}
+
+/// `ExtProcPerRoute`: off for this route, or another processing mode.
+#[derive(Debug, Clone)]
+pub enum ExtProcPerRoute {
+    Disabled,
+    Mode(ProcessingMode),
+}
+
+impl ExtProcPerRoute {
+    pub fn from_proto(c: &pb::ExtProcPerRoute) -> Result<Self> {
+        use pb::ext_proc_per_route::Override;
+        match &c.r#override {
+            Some(Override::Disabled(true)) => Ok(Self::Disabled),
+            Some(Override::Overrides(o)) => {
+                if o.grpc_service.is_some()
+                    || o.async_mode
+                    || !o.request_attributes.is_empty()
+                    || !o.response_attributes.is_empty()
+                {
+                    return Err(ConfigError::new(
+                        "overrides",
+                        "only processing_mode can be overridden",
+                    ));
+                }
+                Ok(Self::Mode(ProcessingMode::from_proto(
+                    o.processing_mode.as_ref(),
+                    "overrides.processing_mode",
+                )?))
+            }
+            _ => Err(ConfigError::new(
+                "override",
+                "disabled: true or overrides is required",
+            )),
+        }
+    }
+}
