@@ -97,6 +97,52 @@ pub struct UpstreamSpec {
     /// Nothing listens on the port: connections are refused.
     #[serde(default)]
     pub refuse: bool,
+    /// Instead of HTTP: an ext_proc server (gRPC over h2c) answering as scripted.
+    #[serde(default)]
+    pub ext_proc: Option<ExtProcScript>,
+}
+
+/// What a scripted external processor answers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtProcScript {
+    /// The answer to request headers (`paths` may override it by `:path`).
+    #[serde(default)]
+    pub request: ExtProcAnswer,
+    /// The answer to response headers.
+    #[serde(default)]
+    pub response: ExtProcAnswer,
+    #[serde(default)]
+    pub paths: BTreeMap<String, ExtProcAnswer>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtProcAnswer {
+    /// Headers to set (pseudo-headers such as `:path` included).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Answer the client right away instead.
+    #[serde(default)]
+    pub immediate: Option<Immediate>,
+    /// Wait this long before answering.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// Ask the proxy to route again after the mutation.
+    #[serde(default)]
+    pub clear_route_cache: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Immediate {
+    pub status: u32,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// One step: an optional control-plane action, then requests.

@@ -12,6 +12,7 @@ mod bootstrap;
 mod case;
 mod check;
 mod client;
+mod ext_proc;
 mod report;
 mod runner;
 mod upstream;

@@ -44,6 +44,13 @@ pub async fn start(name: &str, spec: &UpstreamSpec) -> Result<Upstream> {
         drop(listener);
         return Ok(Upstream { port, task: None });
     }
+    if let Some(script) = &spec.ext_proc {
+        let task = crate::ext_proc::serve(listener, script.clone());
+        return Ok(Upstream {
+            port,
+            task: Some(task),
+        });
+    }
     let name = name.to_string();
     let spec = spec.clone();
     let task = tokio::spawn(async move {
