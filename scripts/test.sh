@@ -5,7 +5,8 @@
 #   3. real Envoy 1.40 against the mock control plane (the mock speaks real xDS);
 #   4. go-control-plane's integration scenario against real Envoy and against Sentinel;
 #   5. the conformance suite against real Envoy and against Sentinel;
-#   6. the README demo.
+#   6. the global rate limit shared by two proxies through envoyproxy/ratelimit and Redis;
+#   7. the README demo.
 # Exit status: 0 only if every suite passed. SKIP_INSTALL=1 skips step 0.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -62,6 +63,9 @@ suite "go-control-plane with Sentinel" env PROXY="$root/target/debug/sentinel" \
 if [ -x conformance/run.sh ]; then
   suite "conformance with Envoy and Sentinel" conformance/run.sh both
 fi
+suite "global rate limit (envoyproxy/ratelimit + Redis) with Envoy" env PROXY="$ENVOY" conformance/ratelimit/run.sh
+suite "global rate limit (envoyproxy/ratelimit + Redis) with Sentinel" env PROXY="$root/target/debug/sentinel" \
+  conformance/ratelimit/run.sh
 suite "demo" scripts/demo.sh --check
 
 echo

@@ -51,7 +51,7 @@ PROXY_LOG_LEVEL="${PROXY_LOG_LEVEL:-info}"
 LOG_DIR="${LOG_DIR:-$here/logs}"
 if [ -n "${PROXY_ARGS+set}" ]; then
   read -r -a proxy_args <<<"$PROXY_ARGS"
-elif timeout 10 "$PROXY" --version 2>/dev/null | grep -Eq 'version: [0-9a-f]{40}/[0-9.]+/'; then
+elif [[ "$(timeout 10 "$PROXY" --version 2>/dev/null)" =~ version:\ [0-9a-f]{40}/[0-9.]+/ ]]; then
   # Real Envoy: take a free hot-restart base id, so a second Envoy on the machine cannot
   # make this one exit with "unable to bind domain socket with base_id=0".
   proxy_args=(--use-dynamic-base-id)
