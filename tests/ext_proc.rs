@@ -125,6 +125,18 @@ impl ExternalProcessor for Processor {
     }
 }
 
+/// An upstream, a processor, and the clusters for both.
+async fn setup() -> (SocketAddr, Processor, String) {
+    let up = upstream("up").await;
+    let (proc_addr, p) = processor().await;
+    let clusters = format!(
+        "[ {}, {} ]",
+        static_cluster("up", &[up]),
+        h2_cluster("proc", proc_addr)
+    );
+    (up, p, clusters)
+}
+
 async fn processor() -> (SocketAddr, Processor) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -135,13 +147,6 @@ async fn processor() -> (SocketAddr, Processor) {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
     );
     (addr, p)
-}
-
-fn h2_cluster(name: &str, addr: SocketAddr) -> String {
-    format!(
-        "{{ name: {name}, type: STATIC, connect_timeout: 1s, typed_extension_protocol_options: {{ envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {{ \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {{ http2_protocol_options: {{}} }} }} }}, load_assignment: {{ cluster_name: {name}, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }} ] }} ] }} }}",
-        addr.port()
-    )
 }
 
 fn filter(allow_failure: bool) -> String {
@@ -157,13 +162,7 @@ const ROUTES: &str = r#"[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processor_mutates_headers_both_ways_within_the_rules() {
-    let up = upstream("up").await;
-    let (proc_addr, _) = processor().await;
-    let clusters = format!(
-        "[ {}, {} ]",
-        static_cluster("up", &[up]),
-        h2_cluster("proc", proc_addr)
-    );
+    let (_, _, clusters) = setup().await;
     let (_p, addr) = static_proxy_with(&filter(false), ROUTES, &clusters).await;
     let (s, h, b) = get(addr, "/original").await.unwrap();
     assert_eq!((s, b.as_str()), (200, "up"));
@@ -183,13 +182,7 @@ async fn processor_mutates_headers_both_ways_within_the_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn immediate_response_and_per_route_disable() {
-    let up = upstream("up").await;
-    let (proc_addr, p) = processor().await;
-    let clusters = format!(
-        "[ {}, {} ]",
-        static_cluster("up", &[up]),
-        h2_cluster("proc", proc_addr)
-    );
+    let (_, p, clusters) = setup().await;
     let (_p, addr) = static_proxy_with(&filter(false), ROUTES, &clusters).await;
     let (s, h, b) = get(addr, "/blocked").await.unwrap();
     assert_eq!((s, b.as_str()), (403, "denied"));
@@ -207,13 +200,7 @@ async fn immediate_response_and_per_route_disable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_timeout_follows_failure_mode_allow() {
-    let up = upstream("up").await;
-    let (proc_addr, _) = processor().await;
-    let clusters = format!(
-        "[ {}, {} ]",
-        static_cluster("up", &[up]),
-        h2_cluster("proc", proc_addr)
-    );
+    let (up, _, clusters) = setup().await;
     let (_p, strict) = static_proxy_with(&filter(false), ROUTES, &clusters).await;
     assert_eq!(get(strict, "/slow").await.unwrap().0, 504);
     let (_q, lenient) = static_proxy_with(&filter(true), ROUTES, &clusters).await;

@@ -46,13 +46,6 @@ async fn grpc_upstream() -> SocketAddr {
     addr
 }
 
-fn h2_cluster(name: &str, addr: SocketAddr) -> String {
-    format!(
-        "{{ name: {name}, type: STATIC, connect_timeout: 1s, typed_extension_protocol_options: {{ envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {{ \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {{ http2_protocol_options: {{}} }} }} }}, load_assignment: {{ cluster_name: {name}, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }} ] }} ] }} }}",
-        addr.port()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_grpc_with_trailers() {
     let up = grpc_upstream().await;

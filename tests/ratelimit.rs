@@ -68,13 +68,6 @@ async fn rls() -> (SocketAddr, Rls) {
     (addr, svc)
 }
 
-fn h2_cluster(name: &str, addr: SocketAddr) -> String {
-    format!(
-        "{{ name: {name}, type: STATIC, connect_timeout: 1s, typed_extension_protocol_options: {{ envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {{ \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {{ http2_protocol_options: {{}} }} }} }}, load_assignment: {{ cluster_name: {name}, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }} ] }} ] }} }}",
-        addr.port()
-    )
-}
-
 const ROUTES: &str = r#"[
   { match: { prefix: /deny }, route: { cluster: up, rate_limits: [ { actions: [ { generic_key: { descriptor_value: deny } } ] } ] } },
   { match: { prefix: /ok }, route: { cluster: up, rate_limits: [ { actions: [ { generic_key: { descriptor_value: ok } }, { request_headers: { header_name: x-user, descriptor_key: user, skip_if_absent: true } } ] } ] } },

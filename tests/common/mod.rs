@@ -333,3 +333,11 @@ pub async fn slow_upstream(name: &'static str, delay: Duration) -> SocketAddr {
     });
     addr
 }
+
+/// A STATIC cluster whose one endpoint speaks HTTP/2 (gRPC services).
+pub fn h2_cluster(name: &str, addr: SocketAddr) -> String {
+    format!(
+        "{{ name: {name}, type: STATIC, connect_timeout: 1s, typed_extension_protocol_options: {{ envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {{ \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {{ http2_protocol_options: {{}} }} }} }}, load_assignment: {{ cluster_name: {name}, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }} ] }} ] }} }}",
+        addr.port()
+    )
+}
