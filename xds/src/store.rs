@@ -103,6 +103,8 @@ pub struct Store {
     clusters: BTreeMap<String, Entry<Cluster>>,
     active_clusters: HashMap<String, Arc<Cluster>>,
     warming_clusters: HashMap<String, Warming>,
+    /// Warming EDS clusters by the service name whose assignment they wait for.
+    waiting_eds: HashMap<String, HashSet<String>>,
     endpoints: BTreeMap<String, Entry<ClusterLoadAssignment>>,
     versions: HashMap<&'static str, String>,
     failures: HashMap<&'static str, UpdateFailure>,
@@ -285,6 +287,11 @@ impl Store {
                 self.warming_listeners.remove(name);
             }
             types::CLUSTER if self.clusters.get(name).is_some_and(|e| !e.is_static) => {
+                if let Some(service) = self.clusters[name].config.eds_service_name() {
+                    if let Some(waiting) = self.waiting_eds.get_mut(service) {
+                        waiting.remove(name);
+                    }
+                }
                 self.clusters.remove(name);
                 self.active_clusters.remove(name);
                 self.warming_clusters.remove(name);
@@ -308,6 +315,20 @@ impl Store {
         is_static: bool,
         now: Instant,
     ) -> Result<(), ConfigError> {
+        // An unchanged resource needs no work; an unchanged assignment still warms the
+        // clusters waiting for one (a new CLA is what warms an updated cluster).
+        let unchanged = match type_url {
+            types::LISTENER => self.listeners.get(name).is_some_and(|e| e.raw == raw),
+            types::ROUTE => self.routes.get(name).is_some_and(|e| e.raw == raw),
+            types::CLUSTER => self.clusters.get(name).is_some_and(|e| e.raw == raw),
+            _ => self.endpoints.get(name).is_some_and(|e| e.raw == raw),
+        };
+        if unchanged {
+            if type_url == types::ENDPOINT {
+                self.warm_clusters_waiting_for(name);
+            }
+            return Ok(());
+        }
         let full_name = &type_url[sentinel_proto::TYPE_URL_PREFIX.len()..];
         fields::check(full_name, &raw.value)?;
         let bad = |e: prost::DecodeError| ConfigError::new("", format!("cannot decode: {e}"));
@@ -328,9 +349,6 @@ impl Store {
                 let config = Listener::from_proto(
                     &lds::Listener::decode(raw.value.as_slice()).map_err(bad)?,
                 )?;
-                if self.listeners.get(name).is_some_and(|e| e.raw == raw) {
-                    return Ok(());
-                }
                 if let Some((other, _)) = self.listeners.iter().find(|(n, e)| {
                     n.as_str() != name
                         && e.config.address == config.address
@@ -371,25 +389,20 @@ impl Store {
             types::CLUSTER => {
                 let proto = cds::Cluster::decode(raw.value.as_slice()).map_err(bad)?;
                 let config = Cluster::from_proto(&proto)?;
-                if self.clusters.get(name).is_some_and(|e| e.raw == raw) {
-                    return Ok(());
-                }
-                let deadline = proto
-                    .eds_cluster_config
+                let deadline = config
+                    .eds_source
                     .as_ref()
-                    .and_then(|e| e.eds_config.as_ref())
-                    .map(ConfigSourceRef::from_proto)
-                    .transpose()
-                    .map_err(|e| e.within("eds_cluster_config.eds_config"))?
-                    .map_or(Some(std::time::Duration::from_secs(15)), |s| {
-                        s.initial_fetch_timeout
-                    })
+                    .and_then(|s| s.initial_fetch_timeout)
                     .map(|t| now + t);
-                let eds = config.eds_service_name().is_some();
+                let service = config.eds_service_name().map(str::to_string);
                 self.clusters.insert(name.to_string(), entry!(config));
-                if eds {
+                if let Some(service) = service {
                     self.warming_clusters
                         .insert(name.to_string(), Warming { deadline });
+                    self.waiting_eds
+                        .entry(service)
+                        .or_default()
+                        .insert(name.to_string());
                 } else {
                     self.warming_clusters.remove(name);
                     self.active_clusters
@@ -402,22 +415,22 @@ impl Store {
                     false,
                 )?;
                 self.endpoints.insert(name.to_string(), entry!(config));
-                // A (new) assignment warms every cluster that waits for it.
-                let warm: Vec<String> = self
-                    .warming_clusters
-                    .keys()
-                    .filter(|c| self.clusters[*c].config.eds_service_name() == Some(name))
-                    .cloned()
-                    .collect();
-                for c in warm {
-                    self.warming_clusters.remove(&c);
-                    self.active_clusters
-                        .insert(c.clone(), self.clusters[&c].config.clone());
-                }
+                self.warm_clusters_waiting_for(name);
             }
             _ => unreachable!("canonical type"),
         }
         Ok(())
+    }
+
+    /// An assignment for `service` arrived: the clusters waiting for it serve now.
+    fn warm_clusters_waiting_for(&mut self, service: &str) {
+        for c in self.waiting_eds.remove(service).unwrap_or_default() {
+            if self.warming_clusters.remove(&c).is_some() {
+                if let Some(e) = self.clusters.get(&c) {
+                    self.active_clusters.insert(c.clone(), e.config.clone());
+                }
+            }
+        }
     }
 
     /// Moves warm listeners (all routes present, or timed out) into service.
@@ -515,28 +528,16 @@ impl Store {
 
     /// EDS service names that clusters point at, with their sources.
     pub fn eds_interest(&self) -> BTreeMap<String, ConfigSourceRef> {
-        let mut out = BTreeMap::new();
+        // Serving versions count too, as for routes.
         let serving = self.active_clusters.iter().filter_map(|(n, c)| {
-            let e = self.clusters.get(n)?;
-            (!Arc::ptr_eq(&e.config, c)).then_some((c, e))
+            let latest = self.clusters.get(n)?;
+            (!Arc::ptr_eq(&latest.config, c)).then_some(c)
         });
-        for (config, e) in self
-            .clusters
-            .values()
-            .map(|e| (&e.config, e))
-            .chain(serving)
-        {
-            if let Some(service) = config.eds_service_name() {
-                let src = cds::Cluster::decode(e.raw.value.as_slice())
-                    .ok()
-                    .and_then(|c| c.eds_cluster_config)
-                    .and_then(|c| c.eds_config)
-                    .and_then(|c| ConfigSourceRef::from_proto(&c).ok())
-                    .unwrap_or(ConfigSourceRef {
-                        kind: crate::config::listener::SourceKind::Ads,
-                        initial_fetch_timeout: Some(std::time::Duration::from_secs(15)),
-                    });
-                out.entry(service.to_string()).or_insert(src);
+        let mut out = BTreeMap::new();
+        for c in self.clusters.values().map(|e| &e.config).chain(serving) {
+            if let (Some(service), Some(src)) = (c.eds_service_name(), &c.eds_source) {
+                out.entry(service.to_string())
+                    .or_insert_with(|| src.clone());
             }
         }
         out

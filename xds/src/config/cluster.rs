@@ -6,6 +6,7 @@ use sentinel_proto::pb::envoy::config::cluster::v3 as pb;
 use sentinel_proto::pb::envoy::extensions::upstreams::http::v3 as http_opts;
 
 use super::endpoint::ClusterLoadAssignment;
+use super::listener::ConfigSourceRef;
 use super::{duration, ConfigError, Result};
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -74,6 +75,8 @@ pub struct Cluster {
     pub dns_family: DnsFamily,
     /// Inline endpoints (STATIC and DNS clusters).
     pub load_assignment: Option<ClusterLoadAssignment>,
+    /// Where an EDS cluster's endpoints come from (ADS when `eds_config` is absent).
+    pub eds_source: Option<ConfigSourceRef>,
 }
 
 impl Cluster {
@@ -178,8 +181,26 @@ impl Cluster {
             Ok(pb::cluster::DnsLookupFamily::All) => DnsFamily::All,
             _ => DnsFamily::PreferV6,
         };
+        let eds_source = match &discovery {
+            Discovery::Eds { .. } => Some(
+                match c
+                    .eds_cluster_config
+                    .as_ref()
+                    .and_then(|e| e.eds_config.as_ref())
+                {
+                    Some(src) => ConfigSourceRef::from_proto(src)
+                        .map_err(|e| e.within("eds_cluster_config.eds_config"))?,
+                    None => ConfigSourceRef {
+                        kind: super::listener::SourceKind::Ads,
+                        initial_fetch_timeout: Some(Duration::from_secs(15)),
+                    },
+                },
+            ),
+            _ => None,
+        };
         Ok(Self {
             name: c.name.clone(),
+            eds_source,
             dns_family,
             discovery,
             lb_policy,
