@@ -105,3 +105,43 @@ async fn listener_removal_with_requests_in_flight() {
     .await;
     all_ok(reqs, "slow").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_get_goaway_when_their_listener_drains() {
+    let up = upstream("up").await;
+    let cp = control_plane().await;
+    cp.set_snapshot("d4", snapshot("v1", "route_a", "cluster_a", up));
+    let p = proxy(cp.xds_addr(), "d4", false).await;
+    let addr = listener_addr(&p, "listener_0").await;
+    eventually("v1 serving", async || {
+        (get(addr, "/").await.ok()?.0 == 200).then_some(())
+    })
+    .await;
+    // An h2c (prior knowledge) connection with one request done.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{addr}/"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(client.send_request(req).await.unwrap().status(), 200);
+    // The listener changes: the idle HTTP/2 connection is told to go away, well before the
+    // drain time (1 s) would close it.
+    let start = std::time::Instant::now();
+    cp.set_snapshot("d4", snapshot("v2", "route_b", "cluster_a", up));
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the connection ends")
+        .unwrap()
+        .expect("gracefully");
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+}
