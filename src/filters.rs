@@ -11,7 +11,7 @@ use pingora_http::RequestHeader;
 use pingora_http::ResponseHeader;
 use sentinel_xds::config::ext_proc::{ExtProc, ExtProcPerRoute};
 use sentinel_xds::config::hcm::HttpFilter;
-use sentinel_xds::config::local_ratelimit::LocalRateLimit;
+use sentinel_xds::config::local_ratelimit::{LocalRateLimit, TokenBucket, VhRateLimits};
 use sentinel_xds::config::ratelimit::RateLimitFilter;
 use sentinel_xds::config::route::{Action, FilterOverride, PerFilter, Route, VirtualHost};
 
@@ -75,7 +75,15 @@ impl HttpHandler {
                     let Some(cfg) = effective(name, config, levels) else {
                         continue;
                     };
-                    local_rate_limit(cfg, req, &mut response_headers, ctx)
+                    local_rate_limit(
+                        cfg,
+                        req,
+                        route,
+                        vhost,
+                        &self.local_cluster,
+                        &mut response_headers,
+                        ctx,
+                    )
                 }
                 HttpFilter::RateLimit { config, .. } => {
                     self.global_rate_limit(config, req, route, vhost, &mut response_headers, ctx)
@@ -256,18 +264,76 @@ impl HttpHandler {
     }
 }
 
+/// The descriptors (as entry lists) that the route's and virtual host's `rate_limits` make
+/// for this request at the filter's stage.
+fn self_descriptors(
+    cfg: &LocalRateLimit,
+    req: &RequestHeader,
+    route: Option<&Route>,
+    vhost: Option<&VirtualHost>,
+    ctx: &Ctx,
+    local_cluster: &str,
+) -> Vec<Vec<(String, String)>> {
+    let route_rules = route
+        .and_then(|r| match &r.action {
+            Action::Forward(a) => Some(a.rate_limits.as_slice()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let vh_rules = vhost.map(|v| v.rate_limits.as_slice()).unwrap_or_default();
+    let vh_rules = match cfg.vh_rate_limits {
+        VhRateLimits::Include => vh_rules,
+        VhRateLimits::Override if route_rules.is_empty() => vh_rules,
+        _ => &[],
+    };
+    let input = DescriptorInput {
+        req,
+        source_cluster: local_cluster,
+        destination_cluster: ctx.cluster_name.as_deref(),
+        remote: ctx.downstream.map(|a| a.ip()),
+    };
+    ratelimit::descriptors(cfg.stage, route_rules.iter().chain(vh_rules), &input)
+        .into_iter()
+        .map(|d| d.entries.into_iter().map(|e| (e.key, e.value)).collect())
+        .collect()
+}
+
 fn local_rate_limit(
     cfg: &LocalRateLimit,
     req: &mut RequestHeader,
+    route: Option<&Route>,
+    vhost: Option<&VirtualHost>,
+    local_cluster: &str,
     response_headers: &mut Vec<(http::HeaderName, String)>,
     ctx: &Ctx,
 ) -> Option<FilterReply> {
-    let bucket = cfg.bucket.as_ref()?;
     if !sampled(cfg.enabled_per_million) {
         return None;
     }
+    // Descriptor buckets that the route's rate_limits select, then the default bucket.
+    let mut buckets: Vec<&TokenBucket> = Vec::new();
+    if !cfg.descriptors.is_empty() {
+        for d in self_descriptors(cfg, req, route, vhost, ctx, local_cluster) {
+            if let Some(b) = cfg.descriptors.iter().find(|b| b.entries == d) {
+                buckets.push(&b.bucket);
+            }
+        }
+    }
+    if buckets.is_empty() || cfg.always_consume_default {
+        buckets.extend(cfg.bucket.as_ref());
+    }
     let now = Instant::now();
-    let (allowed, remaining) = bucket.try_take(now);
+    // Every bucket takes its token; the most restrictive one decides and is reported.
+    let mut tightest: Option<(&TokenBucket, u64)> = None;
+    let mut allowed = true;
+    for b in buckets {
+        let (ok, left) = b.try_take(now);
+        allowed &= ok;
+        if tightest.is_none_or(|(_, l)| left < l) {
+            tightest = Some((b, left));
+        }
+    }
+    let (bucket, remaining) = tightest?;
     if cfg.x_ratelimit_headers {
         response_headers.push((
             http::HeaderName::from_static("x-ratelimit-limit"),

@@ -447,6 +447,16 @@ pub static RULES: &[Rule] = &[
         &["metadata_match"],
     ),
     rule(
+        "envoy.extensions.common.ratelimit.v3.LocalRateLimitDescriptor",
+        &["entries", "token_bucket", "shadow_mode"],
+        &[],
+    ),
+    rule(
+        "envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry",
+        &["key", "value"],
+        &[],
+    ),
+    rule(
         "envoy.extensions.filters.http.ext_proc.v3.ExtProcOverrides",
         &["processing_mode"],
         &[],
@@ -485,6 +495,10 @@ pub static RULES: &[Rule] = &[
     rule(
         "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
         &[
+            "descriptors",
+            "stage",
+            "always_consume_default_token_bucket",
+            "vh_rate_limits",
             "stat_prefix",
             "status",
             "token_bucket",

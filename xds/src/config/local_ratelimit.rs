@@ -91,6 +91,29 @@ pub struct LocalRateLimit {
     pub x_ratelimit_headers: bool,
     /// gRPC clients see RESOURCE_EXHAUSTED instead of UNAVAILABLE.
     pub as_resource_exhausted: bool,
+    /// Buckets for requests whose route `rate_limits` produce these descriptors.
+    pub descriptors: Vec<DescriptorBucket>,
+    /// The `rate_limits` stage this filter takes descriptors from.
+    pub stage: u32,
+    /// Also take from the default bucket when a descriptor bucket matched (true by default).
+    pub always_consume_default: bool,
+    /// `vh_rate_limits`: whether the virtual host's `rate_limits` make descriptors too.
+    pub vh_rate_limits: VhRateLimits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VhRateLimits {
+    /// The virtual host's limits apply only when the route has none (the default).
+    Override,
+    Include,
+    Ignore,
+}
+
+/// A descriptor (its entries, in order) and its own bucket.
+#[derive(Debug)]
+pub struct DescriptorBucket {
+    pub entries: Vec<(String, String)>,
+    pub bucket: TokenBucket,
 }
 
 fn fraction(
@@ -99,36 +122,67 @@ fn fraction(
     f.map_or(0, route::fraction_per_million)
 }
 
+fn token_bucket(b: &sentinel_proto::pb::envoy::r#type::v3::TokenBucket) -> Result<TokenBucket> {
+    let fill = b
+        .fill_interval
+        .as_ref()
+        .map(|d| duration(d, "token_bucket.fill_interval"))
+        .transpose()?
+        .ok_or_else(|| ConfigError::new("token_bucket.fill_interval", "required"))?;
+    if fill < Duration::from_millis(50) {
+        return Err(ConfigError::new(
+            "token_bucket.fill_interval",
+            "must be at least 50ms",
+        ));
+    }
+    let per_fill = b.tokens_per_fill.as_ref().map_or(1, |v| v.value);
+    if per_fill == 0 {
+        return Err(ConfigError::new(
+            "token_bucket.tokens_per_fill",
+            "must be greater than 0",
+        ));
+    }
+    Ok(TokenBucket::new(b.max_tokens, per_fill, fill))
+}
+
+fn descriptor(
+    d: &sentinel_proto::pb::envoy::extensions::common::ratelimit::v3::LocalRateLimitDescriptor,
+) -> Result<DescriptorBucket> {
+    if d.shadow_mode {
+        return Err(ConfigError::new("shadow_mode", "not supported"));
+    }
+    if d.entries.is_empty() {
+        return Err(ConfigError::new(
+            "entries",
+            "at least one entry is required",
+        ));
+    }
+    let mut entries = Vec::with_capacity(d.entries.len());
+    for (i, e) in d.entries.iter().enumerate() {
+        if e.key.is_empty() || e.value.is_empty() {
+            return Err(ConfigError::new(
+                format!("entries[{i}]"),
+                "key and value are required",
+            ));
+        }
+        entries.push((e.key.clone(), e.value.clone()));
+    }
+    let bucket = d
+        .token_bucket
+        .as_ref()
+        .ok_or_else(|| ConfigError::new("token_bucket", "required"))?;
+    Ok(DescriptorBucket {
+        entries,
+        bucket: token_bucket(bucket)?,
+    })
+}
+
 impl LocalRateLimit {
     pub fn from_proto(c: &pb::LocalRateLimit) -> Result<Self> {
         if c.stat_prefix.is_empty() {
             return Err(ConfigError::new("stat_prefix", "required"));
         }
-        let bucket = match &c.token_bucket {
-            None => None,
-            Some(b) => {
-                let fill = b
-                    .fill_interval
-                    .as_ref()
-                    .map(|d| duration(d, "token_bucket.fill_interval"))
-                    .transpose()?
-                    .ok_or_else(|| ConfigError::new("token_bucket.fill_interval", "required"))?;
-                if fill < Duration::from_millis(50) {
-                    return Err(ConfigError::new(
-                        "token_bucket.fill_interval",
-                        "must be at least 50ms",
-                    ));
-                }
-                let per_fill = b.tokens_per_fill.as_ref().map_or(1, |v| v.value);
-                if per_fill == 0 {
-                    return Err(ConfigError::new(
-                        "token_bucket.tokens_per_fill",
-                        "must be greater than 0",
-                    ));
-                }
-                Some(TokenBucket::new(b.max_tokens, per_fill, fill))
-            }
-        };
+        let bucket = c.token_bucket.as_ref().map(token_bucket).transpose()?;
         let status = match c.status.as_ref().map(|s| s.code) {
             None | Some(0) => 429,
             Some(code) if (400..600).contains(&code) => code as u16,
@@ -159,6 +213,22 @@ impl LocalRateLimit {
             response_headers: adds(&c.response_headers_to_add, "response_headers_to_add")?,
             x_ratelimit_headers: c.enable_x_ratelimit_headers == 1,
             as_resource_exhausted: c.rate_limited_as_resource_exhausted,
+            descriptors: c
+                .descriptors
+                .iter()
+                .enumerate()
+                .map(|(i, d)| descriptor(d).map_err(|e| e.within(&format!("descriptors[{i}]"))))
+                .collect::<Result<_>>()?,
+            stage: c.stage,
+            vh_rate_limits: match c.vh_rate_limits {
+                1 => VhRateLimits::Include,
+                2 => VhRateLimits::Ignore,
+                _ => VhRateLimits::Override,
+            },
+            always_consume_default: c
+                .always_consume_default_token_bucket
+                .as_ref()
+                .is_none_or(|b| b.value),
         })
     }
 }
