@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod ext_proc;
 pub mod fields;
 pub mod hcm;
+pub mod header_mutation;
 pub mod listener;
 pub mod local_ratelimit;
 pub mod matcher;
