@@ -6,7 +6,8 @@
 #   4. go-control-plane's integration scenario against real Envoy and against Sentinel;
 #   5. the conformance suite against real Envoy and against Sentinel;
 #   6. the global rate limit shared by two proxies through envoyproxy/ratelimit and Redis;
-#   7. the README demo.
+#   7. ext_proc against a processor written with a third-party SDK (envoy-extproc-sdk);
+#   8. the README demo.
 # Exit status: 0 only if every suite passed. SKIP_INSTALL=1 skips step 0.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -66,6 +67,9 @@ fi
 suite "global rate limit (envoyproxy/ratelimit + Redis) with Envoy" env PROXY="$ENVOY" conformance/ratelimit/run.sh
 suite "global rate limit (envoyproxy/ratelimit + Redis) with Sentinel" env PROXY="$root/target/debug/sentinel" \
   conformance/ratelimit/run.sh
+suite "ext_proc with a third-party processor (envoy-extproc-sdk) with Envoy" env PROXY="$ENVOY" conformance/ext_proc_sdk/run.sh
+suite "ext_proc with a third-party processor (envoy-extproc-sdk) with Sentinel" env PROXY="$root/target/debug/sentinel" \
+  conformance/ext_proc_sdk/run.sh
 suite "demo" scripts/demo.sh --check
 
 echo

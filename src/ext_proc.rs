@@ -176,12 +176,10 @@ fn continued(
     }
 }
 
+/// A header value from a processor: Envoy reads `raw_value` only (a `value`-only header is
+/// set empty), and so does Sentinel.
 fn value_of(h: &HeaderValue) -> String {
-    if h.raw_value.is_empty() {
-        h.value.clone()
-    } else {
-        String::from_utf8_lossy(&h.raw_value).into_owned()
-    }
+    String::from_utf8_lossy(&h.raw_value).into_owned()
 }
 
 /// Applies a header mutation within the rules. A pseudo-header the caller handles (`:path`,
