@@ -1,10 +1,8 @@
 //! The data plane end to end, in process: static bootstrap → Sentinel → hyper upstreams.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use test_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_a_503_under_gateway_error() {

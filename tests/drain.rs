@@ -1,11 +1,9 @@
 //! Config changes under load: requests in flight finish, none fail.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use control_plane_mock::Snapshot;
+use test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const N: usize = 20;

@@ -1,13 +1,10 @@
 //! External processing (ext_proc) end to end, in process, with a scripted processor.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use sentinel_proto::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use sentinel_proto::pb::envoy::service::ext_proc::v3::{
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
@@ -16,6 +13,7 @@ use sentinel_proto::pb::envoy::service::ext_proc::v3::{
     CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse, ProcessingRequest,
     ProcessingResponse,
 };
+use test_support::*;
 
 /// Looks at `:path`: /blocked gets a 403, /slow is answered too late, anything else gets
 /// its path rewritten to /rewritten, an added header, and a try at changing `host` (which the

@@ -1,10 +1,7 @@
 //! gRPC through the proxy: h2c downstream, HTTP/2 upstream, trailers end to end.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
 use sentinel_proto::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DiscoveryRequest,
 };
@@ -14,6 +11,7 @@ use sentinel_proto::pb::envoy::service::ratelimit::v3::{
     rate_limit_service_server::{RateLimitService, RateLimitServiceServer},
     RateLimitRequest, RateLimitResponse,
 };
+use test_support::*;
 
 /// A unary gRPC service: OK for domain "ok", NOT_FOUND (a trailers-only answer) otherwise.
 struct Rls;

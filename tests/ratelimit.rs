@@ -1,17 +1,15 @@
 //! Global rate limiting through a rate limit service (RLS), end to end in process.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use common::*;
 use sentinel_proto::pb::envoy::config::core::v3::HeaderValue;
 use sentinel_proto::pb::envoy::service::ratelimit::v3::{
     rate_limit_response::{rate_limit::Unit, Code, DescriptorStatus, RateLimit},
     rate_limit_service_server::{RateLimitService, RateLimitServiceServer},
     RateLimitRequest, RateLimitResponse,
 };
+use test_support::*;
 
 /// Denies descriptors whose generic_key is "deny"; records every request.
 #[derive(Clone, Default)]

@@ -1,11 +1,9 @@
 //! The xDS lifecycle end to end, in process: mock control plane → Sentinel → hyper upstreams.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use control_plane_mock::{resource, EventKind, Snapshot};
+use test_support::*;
 
 const T: Duration = Duration::from_secs(10);
 

@@ -1,6 +1,5 @@
-//! Helpers for in-process end-to-end tests: hyper upstreams, a mock control plane, the proxy.
-
-#![allow(dead_code)] // each test binary uses a different subset of these helpers
+//! Helpers for Sentinel's in-process end-to-end tests (`tests/*.rs`): hyper upstreams, the
+//! mock control plane, and the proxy started from a bootstrap.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
