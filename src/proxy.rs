@@ -381,7 +381,6 @@ impl ProxyHttp for HttpHandler {
                 .await?;
             return Ok(true);
         };
-        ctx.matched = Some((v, i));
         match &rc.virtual_hosts[v].routes[i].action {
             Action::Direct { status, body } => {
                 self.stats.rq_direct_response.inc();
