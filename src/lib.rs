@@ -40,6 +40,8 @@ pub enum AppError {
     Bootstrap(#[from] BootstrapError),
     #[error(transparent)]
     Config(#[from] ClientError),
+    #[error("cannot start the xDS thread: {0}")]
+    Thread(String),
     #[error("cannot bind admin address {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -63,6 +65,8 @@ pub struct Running {
     /// Resolves when `/quitquitquit` was called.
     pub quit: mpsc::UnboundedReceiver<()>,
     stop: watch::Sender<bool>,
+    /// Stops the xDS thread (so does dropping it).
+    stop_xds: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -80,6 +84,7 @@ impl Running {
         for t in self.tasks {
             t.abort();
         }
+        self.stop_xds.send_replace(true);
     }
 }
 
@@ -117,8 +122,47 @@ impl SentinelApp {
     pub async fn start(self) -> Result<Running, AppError> {
         let snapshots = SnapshotHandle::new();
         let stash = Arc::new(listeners::SocketStash::default());
-        let client = XdsClient::new(&self.bootstrap, snapshots.clone(), Some(stash.clone()))?;
-        let mut tasks = vec![tokio::spawn(client.run())];
+        // The xDS client validates and applies config on its own thread (Envoy's main thread),
+        // so a large update never takes a data-plane worker away from requests.
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (bootstrap, handle, binder) =
+            (self.bootstrap.clone(), snapshots.clone(), stash.clone());
+        let (stop_xds, mut stop_xds_rx) = watch::channel(false);
+        std::thread::Builder::new()
+            .name("sentinel-xds".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("cannot start the xDS thread's runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let client = match XdsClient::new(&bootstrap, handle, Some(binder)) {
+                        Ok(c) => {
+                            let _ = ready_tx.send(Ok(()));
+                            c
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        _ = client.run() => {}
+                        _ = listeners::flipped(&mut stop_xds_rx) => {}
+                    }
+                });
+            })
+            .map_err(|e| AppError::Thread(e.to_string()))?;
+        ready_rx
+            .await
+            .map_err(|_| AppError::Thread("the xDS thread ended".into()))??;
+        let mut tasks = Vec::new();
         let stats = Arc::new(stats::Registry::default());
         let clusters = Arc::new(upstream::ClusterManager::new(stats.clone()));
         let conf = Arc::new(ServerConf {
@@ -197,6 +241,7 @@ impl SentinelApp {
             listeners: bound,
             quit,
             stop,
+            stop_xds,
             tasks,
             connections,
         })

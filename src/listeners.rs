@@ -410,7 +410,7 @@ impl ListenerManager {
         let connections = self.connections.clone();
         tokio::spawn(async move {
             loop {
-                let stream = tokio::select! {
+                let mut stream = tokio::select! {
                     _ = flipped(&mut stop_rx) => return,
                     res = listener.accept() => match res {
                         Ok(s) => s,
@@ -426,6 +426,11 @@ impl ListenerManager {
                     .get_socket_digest()
                     .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
                 let Some(peer) = peer else { continue };
+                // Pingora's own listeners set this; without it a response written in two
+                // parts waits for the client's delayed ACK (40 ms).
+                if let Err(e) = stream.set_nodelay() {
+                    tracing::debug!("cannot set TCP_NODELAY: {e}");
+                }
                 stats.downstream_cx_total.inc();
                 let Some(app) = g.select(local, peer).cloned() else {
                     stats.no_filter_chain_match.inc();
