@@ -83,71 +83,15 @@ fi
 work="$(mktemp -d /tmp/sentinel-ext-proc-sdk.XXXXXX)"
 pids=()        # every process we started, in start order
 proc_pid=""    # the processor's PID, also in pids
-stop_pid() { # stop_pid PID: TERM, wait up to 5 s, then KILL; only our own children
-  local pid="$1" i
-  [ -n "$pid" ] || return 0
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null
-    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-  fi
-  wait "$pid" 2>/dev/null
-  return 0
-}
-forget_pid() { # forget_pid PID: drop it from pids (after stop_pid)
-  local i
-  for i in "${!pids[@]}"; do [ "${pids[i]}" = "$1" ] && unset 'pids[i]'; done
-  pids=("${pids[@]}")
-}
-passed=0
-failed=0
-cleanup() {
-  local i
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
-  pids=()
-  if [ "$failed" -eq 0 ] && [ "${KEEP:-0}" != 1 ]; then rm -rf "$work"; else say "logs and configs kept in $work"; fi
-}
+# shellcheck source=conformance/scenario.sh
+source "$here/../scenario.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Free loopback ports, all distinct (bound together, then released).
-read -r P_PROC P_PROC_LEGACY P_UP P_ADMIN P_MAIN P_LEGACY < <(
-  python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(6):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-)
+read -r P_PROC P_PROC_LEGACY P_UP P_ADMIN P_MAIN P_LEGACY < <(free_ports 6)
 [ -n "${P_LEGACY:-}" ] || { say "could not pick free ports"; exit 2; }
 
-port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
-wait_until() { # wait_until SECONDS PID CMD...: poll CMD every 0.1 s; fail early if PID died
-  local deadline=$((SECONDS + $1)) pid="$2"; shift 2
-  while [ $SECONDS -lt $deadline ]; do
-    "$@" && return 0
-    [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && return 1
-    sleep 0.1
-  done
-  return 1
-}
-
-# --- results --------------------------------------------------------------------------------------
-ok() { echo "PASS $1"; passed=$((passed + 1)); }
-bad() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
-finish() {
-  echo "$passed passed, $failed failed"
-  [ "$failed" -eq 0 ] && exit 0
-  exit 1
-}
-fatal() { # a step everything after depends on failed: record it and stop
-  bad "$1" "$2"
-  [ -n "${3:-}" ] && { echo "----- tail of $3 -----"; tail -n 30 "$3"; echo "-----"; }
-  finish
-}
 
 # --- processor and upstream -----------------------------------------------------------------------
 "$venv/bin/python" "$here/processor.py" --port "$P_PROC" --legacy-port "$P_PROC_LEGACY" \
