@@ -38,10 +38,19 @@ pub struct ProxyConfig {
     pub work_dir: PathBuf,
 }
 
-/// Picks a free loopback port by binding port 0 and releasing it.
-pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+/// Free loopback ports for the proxy to bind. Each port stays bound here until the pool is
+/// dropped, just before the proxy starts, so two picks can never return the same port (a
+/// listener that landed on the admin port made a case fail once in CI).
+#[derive(Default)]
+struct PortPool(Vec<std::net::TcpListener>);
+
+impl PortPool {
+    fn take(&mut self) -> Result<u16> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        self.0.push(l);
+        Ok(port)
+    }
 }
 
 /// The proxy process, killed by its PID when dropped.
@@ -121,8 +130,12 @@ pub async fn run_case(file: &CaseFile, cfg: &ProxyConfig) -> Result<()> {
         upstream_ports.insert(name.clone(), u.port);
         upstreams.push(u);
     }
+    // Everything that binds port 0 for good starts before the proxy's ports are picked.
+    let cp = MockControlPlane::start("127.0.0.1:0".parse()?).await?;
+    let xds_addr = cp.xds_addr();
+    let mut pool = PortPool::default();
     let mut ports: BTreeMap<String, u16> = BTreeMap::new();
-    ports.insert("listener".into(), free_port()?);
+    ports.insert("listener".into(), pool.take()?);
     for name in case::placeholders(&file.text) {
         if let Some(up) = name.strip_prefix("upstream.") {
             let port = upstream_ports
@@ -130,7 +143,7 @@ pub async fn run_case(file: &CaseFile, cfg: &ProxyConfig) -> Result<()> {
                 .ok_or_else(|| anyhow!("{{{{{name}}}}}: no upstream {up:?}"))?;
             ports.insert(name.clone(), *port);
         } else if name.starts_with("port.") {
-            ports.insert(name.clone(), free_port()?);
+            ports.insert(name.clone(), pool.take()?);
         } else if name != "listener" && name != "host_ip" {
             bail!("unknown placeholder {{{{{name}}}}}");
         }
@@ -143,8 +156,6 @@ pub async fn run_case(file: &CaseFile, cfg: &ProxyConfig) -> Result<()> {
     let uses_listener =
         case.scaffold.contains(&case::Scaffold::Listener) || file.text.contains("{{listener}}");
 
-    let cp = MockControlPlane::start("127.0.0.1:0".parse()?).await?;
-    let xds_addr = cp.xds_addr();
     let mut run = Run {
         case,
         ports,
@@ -159,13 +170,14 @@ pub async fn run_case(file: &CaseFile, cfg: &ProxyConfig) -> Result<()> {
     let scaffold = run.case.scaffold.clone();
     run.push(&resources, &scaffold)?;
 
-    let admin_port = free_port()?;
+    let admin_port = pool.take()?;
     let stem = file.id.replace('/', "__");
     let bootstrap_path = cfg.work_dir.join(format!("{stem}.bootstrap.yaml"));
     std::fs::write(
         &bootstrap_path,
         bootstrap::bootstrap(admin_port, xds_addr.port(), run.case.delta),
     )?;
+    drop(pool);
     let mut proxy = Proxy::spawn(
         cfg,
         &bootstrap_path,
