@@ -10,6 +10,7 @@ pub mod cli;
 mod ext_proc;
 mod filters;
 mod headers;
+mod http1;
 pub mod listeners;
 mod local_reply;
 pub mod mirror;

@@ -40,12 +40,14 @@ pub struct ChainApp {
     h1: Arc<HttpProxy<HttpHandler>>,
     h2c: Arc<HttpProxy<HttpHandler>>,
     codec: Codec,
+    limits: crate::http1::Limits,
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl ChainApp {
     fn new(conf: &Arc<ServerConf>, handler: HttpHandler, codec: Codec) -> Self {
+        let limits = crate::http1::Limits::new(&handler.hcm);
         let build = |h2c: bool| {
             let mut proxy = pingora_proxy::http_proxy(conf, handler.clone());
             let mut opts = HttpServerOptions::default();
@@ -59,6 +61,7 @@ impl ChainApp {
             h1: build(false),
             h2c: build(true),
             codec,
+            limits,
         }
     }
 
@@ -71,8 +74,11 @@ impl ChainApp {
                 Err(_) => return,
             },
         };
-        let app = if h2 { &self.h2c } else { &self.h1 };
-        app.process_new(Box::new(stream), draining).await;
+        if h2 {
+            self.h2c.process_new(Box::new(stream), draining).await;
+        } else {
+            crate::http1::serve(&self.h1, stream, &self.limits, draining).await;
+        }
     }
 
     async fn cleanup(&self) {
@@ -445,7 +451,7 @@ impl ListenerManager {
                 stats.downstream_cx_active.inc();
                 tokio::spawn(async move {
                     tokio::select! {
-                                                _ = app.serve(stream, &draining) => {}
+                        _ = app.serve(stream, &draining) => {}
                         _ = flipped(&mut closed) => {}
                     }
                     stats.downstream_cx_active.dec();

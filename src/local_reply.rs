@@ -83,7 +83,9 @@ impl HttpHandler {
                 resp.insert_header("grpc-message", String::from_utf8_lossy(&body).as_ref())?;
             }
         } else {
+            // Envoy's order: content-length, content-type, date, server.
             resp = ResponseHeader::build(status, Some(4))?;
+            resp.insert_header("content-length", body.len().to_string())?;
             if !body.is_empty() {
                 resp.insert_header("content-type", "text/plain")?;
             }
@@ -94,14 +96,14 @@ impl HttpHandler {
             body
         };
         resp.insert_header("content-length", body.len().to_string())?;
-        for (k, v) in extra {
-            resp.insert_header(k.to_string(), v.as_str())?;
-        }
-        self.finish_response_headers(&mut resp, ctx, session.req_header());
         resp.insert_header(
             "date",
             httpdate::fmt_http_date(std::time::SystemTime::now()),
         )?;
+        for (k, v) in extra {
+            resp.insert_header(k.to_string(), v.as_str())?;
+        }
+        self.finish_response_headers(&mut resp, ctx, session.req_header());
         let head = session.req_header().method == http::Method::HEAD;
         let end = body.is_empty() || head;
         session.write_response_header(Box::new(resp), end).await?;

@@ -231,11 +231,6 @@ impl ProxyHttp for HttpHandler {
         self.stats.downstream_rq_total.inc();
         self.stats.downstream_rq_active.inc();
         ctx.counted = true;
-        if let Some(status) = crate::request::reject_http1(&self.hcm, session.req_header()) {
-            self.send_local(session, status, Bytes::new(), &[], ctx)
-                .await?;
-            return Ok(true);
-        }
         ctx.downstream = session.client_addr().and_then(|a| a.as_inet()).copied();
         ctx.local = session.server_addr().and_then(|a| a.as_inet()).copied();
         ctx.protocol = match session.req_header().version {
@@ -603,6 +598,14 @@ impl ProxyHttp for HttpHandler {
         if let (Some(t), false) = (a.timeout, self.hcm.suppress_envoy_headers) {
             let _ =
                 upstream.insert_header("x-envoy-expected-rq-timeout-ms", t.as_millis().to_string());
+        }
+        // Envoy counts the headers it forwards (its own included) against max_headers_count.
+        let hop_by_hop = ["connection", "keep-alive", "proxy-connection", "upgrade"]
+            .iter()
+            .map(|h| upstream.headers.get_all(*h).iter().count())
+            .sum::<usize>();
+        if upstream.headers.len() - hop_by_hop > self.hcm.max_headers_count as usize {
+            return Err(local_error(431));
         }
         if ctx.mirrors.is_none() {
             let senders = a

@@ -108,29 +108,6 @@ pub(crate) fn forwarding_headers(
     }
 }
 
-/// HTTP/1 requests Envoy's codec refuses: HTTP/1.0 without `accept_http_10` (426), and both
-/// Content-Length and Transfer-Encoding (400: request smuggling).
-pub(crate) fn reject_http1(
-    hcm: &sentinel_xds::config::hcm::HttpConnectionManager,
-    req: &RequestHeader,
-) -> Option<u16> {
-    match req.version {
-        http::Version::HTTP_10 | http::Version::HTTP_09 if !hcm.accept_http_10 => Some(426),
-        http::Version::HTTP_11
-            if req.uri.authority().is_none() && !req.headers.contains_key(http::header::HOST) =>
-        {
-            Some(400)
-        }
-        http::Version::HTTP_10 | http::Version::HTTP_11
-            if req.headers.contains_key(http::header::CONTENT_LENGTH)
-                && req.headers.contains_key(http::header::TRANSFER_ENCODING) =>
-        {
-            Some(400)
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -337,3 +337,63 @@ async fn http10_is_served_with_accept_http_10() {
     let status = raw(addr, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await;
     assert!(status.ends_with(" 200 OK"), "{status}");
 }
+
+/// Reads from `s` until `n` complete responses (content-length framed) have arrived.
+async fn read_responses(s: &mut tokio::net::TcpStream, n: usize) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let complete = |out: &[u8]| {
+        let text = String::from_utf8_lossy(out);
+        text.matches("HTTP/1.1 ").count() >= n && text.ends_with("ok")
+    };
+    while !complete(&out) {
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("the responses in time")
+            .unwrap();
+        if read == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunk[..read]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_and_keep_alive_requests_are_each_answered() {
+    use tokio::io::AsyncWriteExt;
+    let routes = r#"[ { match: { prefix: / }, direct_response: { status: 200, body: { inline_string: ok } } } ]"#;
+    let (_p, addr) = static_proxy(routes, "[]").await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Two requests in one write: the second must not be lost with the first's read.
+    s.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let both = read_responses(&mut s, 2).await;
+    assert_eq!(both.matches("HTTP/1.1 200 OK").count(), 2, "{both}");
+    // A direct response to a POST whose body was not read closes the connection, as in Envoy.
+    let mut post = tokio::net::TcpStream::connect(addr).await.unwrap();
+    post.write_all(b"POST /3 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        .await
+        .unwrap();
+    let third = read_responses(&mut post, 1).await;
+    assert!(third.starts_with("HTTP/1.1 200 OK"), "{third}");
+    assert!(third.contains("onnection: close\r\n"), "{third}");
+    // A bad head after good ones gets the codec's answer, and the connection closes.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the close in time")
+        .unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{rest}");
+    assert!(
+        rest.ends_with("connection: close\r\n\r\nBad Request"),
+        "{rest}"
+    );
+}

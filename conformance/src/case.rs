@@ -254,6 +254,10 @@ pub struct Request {
     pub headers: BTreeMap<String, OneOrMany<String>>,
     #[serde(default)]
     pub body: Option<String>,
+    /// Bytes to send as they are (HTTP/1), instead of a request built from the fields above;
+    /// `<<a*70000>>` stands for 70,000 `a`s. The first response is read back.
+    #[serde(default)]
+    pub raw: Option<String>,
     #[serde(default)]
     pub protocol: Protocol,
     /// A gRPC call: POST, h2c, `content-type: application/grpc`, `te: trailers`.
@@ -296,6 +300,8 @@ pub struct Expect {
     pub body: Option<BodyExpect>,
     /// The request must fail: `connect` (the connection is refused) or `any` (no response).
     pub error: Option<ErrorKind>,
+    /// Whether the proxy closes the connection after the response (raw requests only).
+    pub closed: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

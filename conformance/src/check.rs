@@ -31,6 +31,15 @@ pub fn check(expect: &Expect, outcome: &Result<Response, Failure>) -> Result<(),
         (Ok(r), None) => r,
     };
     let mut errors = Vec::new();
+    if let (Some(want), Some(got)) = (expect.closed, resp.closed) {
+        if want != got {
+            errors.push(format!(
+                "connection: expected it {}, but it {}",
+                if want { "closed" } else { "kept open" },
+                if got { "closed" } else { "stayed open" }
+            ));
+        }
+    }
     if let Some(status) = expect.status {
         if resp.status != status {
             errors.push(format!(
@@ -247,6 +256,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             body: body.into(),
+            closed: None,
         })
     }
 

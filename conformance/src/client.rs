@@ -20,6 +20,10 @@ pub struct Outgoing<'a> {
     pub path: &'a str,
     pub headers: Vec<(String, String)>,
     pub body: Option<&'a str>,
+    /// Send these bytes instead (HTTP/1).
+    pub raw: Option<Vec<u8>>,
+    /// After a raw request's response, wait (up to 2 s) to see whether the proxy closes.
+    pub await_close: bool,
     pub timeout: Duration,
 }
 
@@ -29,6 +33,8 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// Whether the connection was closed after the response (when it was watched).
+    pub closed: Option<bool>,
 }
 
 impl Response {
@@ -87,6 +93,9 @@ pub async fn send(out: &Outgoing<'_>) -> Result<Response, Failure> {
 }
 
 async fn exchange(stream: TcpStream, out: &Outgoing<'_>) -> Result<Response> {
+    if let Some(raw) = &out.raw {
+        return raw_exchange(stream, raw, out.await_close).await;
+    }
     let io = TokioIo::new(stream);
     let body = Full::new(Bytes::from(out.body.unwrap_or_default().to_string()));
     let mut builder = hyper::Request::builder().method(out.method);
@@ -154,7 +163,109 @@ async fn finish(resp: hyper::Result<hyper::Response<hyper::body::Incoming>>) -> 
         status,
         headers,
         body,
+        closed: None,
     })
+}
+
+/// `<<x*N>>` in a raw request stands for N copies of `x`.
+pub fn expand_raw(raw: &str) -> Vec<u8> {
+    let mut out = String::new();
+    let mut rest = raw;
+    while let Some(start) = rest.find("<<") {
+        let Some(len) = rest[start..].find(">>") else {
+            break;
+        };
+        let inner = &rest[start + 2..start + len];
+        match inner
+            .rsplit_once('*')
+            .and_then(|(x, n)| Some((x, n.parse().ok()?)))
+        {
+            Some((x, n)) => {
+                out.push_str(&rest[..start]);
+                out.push_str(&x.repeat(n));
+            }
+            None => out.push_str(&rest[..start + len + 2]),
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out.into_bytes()
+}
+
+/// Sends bytes as they are and reads the first HTTP/1 response (framed by content-length,
+/// chunked, or the close). A write the proxy cut short (it answered early and closed) is
+/// not an error: the response still counts.
+async fn raw_exchange(mut stream: TcpStream, raw: &[u8], await_close: bool) -> Result<Response> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.write_all(raw).await;
+    let mut buf = Vec::new();
+    let mut eof = false;
+    let (status, headers, head_len) = loop {
+        let mut slots = [httparse::EMPTY_HEADER; 128];
+        let mut resp = httparse::Response::new(&mut slots);
+        if let httparse::Status::Complete(n) = resp.parse(&buf)? {
+            let headers: Vec<(String, String)> = resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            break (resp.code.unwrap_or_default(), headers, n);
+        }
+        if eof {
+            return Err(anyhow!("the connection closed before a complete response"));
+        }
+        eof = read_more(&mut stream, &mut buf).await?;
+    };
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let body_end = match (header("content-length"), header("transfer-encoding")) {
+        (Some(n), None) => Some(head_len + n.trim().parse::<usize>()?),
+        (None, Some(_)) => None,
+        _ => None,
+    };
+    let body = loop {
+        match body_end {
+            Some(end) if buf.len() >= end => break buf[head_len..end].to_vec(),
+            None if eof => break buf[head_len..].to_vec(),
+            _ if eof => return Err(anyhow!("the connection closed inside the body")),
+            _ => eof = read_more(&mut stream, &mut buf).await?,
+        }
+    };
+    let closed = if await_close {
+        let mut sink = [0u8; 1024];
+        let watched = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut sink)).await;
+        Some(eof || matches!(watched, Ok(Ok(0)) | Ok(Err(_))))
+    } else {
+        None
+    };
+    Ok(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        closed,
+    })
+}
+
+/// Reads more into `buf`; true at the end of the stream (a reset counts as the end).
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 8192];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => Ok(true),
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(false)
+        }
+    }
 }
 
 /// A plain GET to the admin interface: the status and body, or `None` when it does not answer.
@@ -167,7 +278,18 @@ pub async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
         path,
         headers: Vec::new(),
         body: None,
+        raw: None,
+        await_close: false,
         timeout: Duration::from_secs(2),
     };
     send(&out).await.ok().map(|r| (r.status, r.body))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn raw_repeats_expand() {
+        assert_eq!(super::expand_raw("a<<xy*3>>b<<q>>"), b"axyxyxyb<<q>>".to_vec());
+        assert_eq!(super::expand_raw("<<a\r\n*2>>"), b"a\r\na\r\n".to_vec());
+    }
 }

@@ -434,6 +434,8 @@ impl Run {
             path: &req.path,
             headers,
             body: req.body.as_deref(),
+            raw: req.raw.as_deref().map(client::expand_raw),
+            await_close: req.expect.closed.is_some(),
             timeout: req
                 .timeout_ms
                 .map_or(REQUEST_TIMEOUT, Duration::from_millis),
