@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::proxy::HttpHandler;
+use crate::stats::HttpStats;
 
 /// Header slots on the stack; more headers than this take the heap (and most get a 431).
 const STACK_HEADERS: usize = 128;
@@ -34,10 +35,12 @@ pub(crate) struct Limits {
     /// The `server` header of the codec's own replies (none with PASS_THROUGH).
     server: Option<String>,
     idle_timeout: Option<Duration>,
+    /// The connection manager's stats, which count the refusals as Envoy does.
+    pub(crate) stats: Arc<HttpStats>,
 }
 
 impl Limits {
-    pub(crate) fn new(hcm: &HttpConnectionManager) -> Self {
+    pub(crate) fn new(hcm: &HttpConnectionManager, stats: Arc<HttpStats>) -> Self {
         Self {
             max_head_bytes: hcm.max_request_headers_kb as usize * 1024,
             max_headers: hcm.max_headers_count as usize,
@@ -47,6 +50,7 @@ impl Limits {
                 _ => Some(hcm.server_name.clone()),
             },
             idle_timeout: hcm.idle_timeout,
+            stats,
         }
     }
 }
@@ -75,6 +79,14 @@ pub(crate) async fn serve(
         match verdict {
             Verdict::Closed => return,
             Verdict::Reject(status, kind) => {
+                let stats = &limits.stats;
+                stats.downstream_rq_total.inc();
+                stats.downstream_rq_http1_total.inc();
+                stats.downstream_rq_xx.count(status);
+                stats.downstream_rq_completed.inc();
+                if kind == Kind::Codec {
+                    stats.downstream_cx_protocol_error.inc();
+                }
                 let _ = stream.write_all(&reply(status, kind, limits)).await;
                 let _ = stream.flush().await;
                 close(&mut stream).await;
@@ -530,6 +542,7 @@ mod tests {
             accept_http_10: false,
             server: Some("envoy".into()),
             idle_timeout: None,
+            stats: Arc::default(),
         }
     }
 

@@ -47,7 +47,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl ChainApp {
     fn new(conf: &Arc<ServerConf>, handler: HttpHandler, codec: Codec) -> Self {
-        let limits = crate::http1::Limits::new(&handler.hcm);
+        let limits = crate::http1::Limits::new(&handler.hcm, handler.stats.clone());
         let build = |h2c: bool| {
             let mut proxy = pingora_proxy::http_proxy(conf, handler.clone());
             let mut opts = HttpServerOptions::default();
@@ -74,9 +74,13 @@ impl ChainApp {
                 Err(_) => return,
             },
         };
+        let stats = &self.limits.stats;
+        stats.downstream_cx_total.inc();
         if h2 {
+            stats.downstream_cx_http2_total.inc();
             self.h2c.process_new(Box::new(stream), draining).await;
         } else {
+            stats.downstream_cx_http1_total.inc();
             crate::http1::serve(&self.h1, stream, &self.limits, draining).await;
         }
     }

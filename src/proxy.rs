@@ -229,6 +229,10 @@ impl ProxyHttp for HttpHandler {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.snapshots.load();
         self.stats.downstream_rq_total.inc();
+        match session.req_header().version {
+            http::Version::HTTP_2 => self.stats.downstream_rq_http2_total.inc(),
+            _ => self.stats.downstream_rq_http1_total.inc(),
+        }
         self.stats.downstream_rq_active.inc();
         ctx.counted = true;
         ctx.downstream = session.client_addr().and_then(|a| a.as_inet()).copied();

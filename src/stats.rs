@@ -58,6 +58,12 @@ pub struct HttpStats {
     pub downstream_rq_completed: Counter,
     pub downstream_rq_active: Gauge,
     pub downstream_rq_xx: Classes,
+    pub downstream_rq_http1_total: Counter,
+    pub downstream_rq_http2_total: Counter,
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_http1_total: Counter,
+    pub downstream_cx_http2_total: Counter,
+    pub downstream_cx_protocol_error: Counter,
     pub no_route: Counter,
     pub no_cluster: Counter,
     pub rq_redirect: Counter,
@@ -183,6 +189,19 @@ impl Registry {
                 "downstream_rq_active",
                 s.downstream_rq_active.get(),
             );
+            for (stat, c) in [
+                ("downstream_rq_http1_total", &s.downstream_rq_http1_total),
+                ("downstream_rq_http2_total", &s.downstream_rq_http2_total),
+                ("downstream_cx_total", &s.downstream_cx_total),
+                ("downstream_cx_http1_total", &s.downstream_cx_http1_total),
+                ("downstream_cx_http2_total", &s.downstream_cx_http2_total),
+                (
+                    "downstream_cx_protocol_error",
+                    &s.downstream_cx_protocol_error,
+                ),
+            ] {
+                push("http", l, p, stat, c.get() as i64);
+            }
             push("http", l, p, "no_route", s.no_route.get() as i64);
             push("http", l, p, "no_cluster", s.no_cluster.get() as i64);
             push("http", l, p, "rq_redirect", s.rq_redirect.get() as i64);

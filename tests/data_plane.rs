@@ -247,12 +247,25 @@ async fn stats_count_requests_under_envoy_names() {
     assert_eq!(get(addr, "/r").await.unwrap().0, 200);
     assert_eq!(get(addr, "/dead").await.unwrap().0, 503);
     assert_eq!(get(addr, "/none").await.unwrap().0, 404);
+    // Refused by the codec checks: still requests, and a protocol error.
+    assert_eq!(
+        raw(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"
+        )
+        .await,
+        "HTTP/1.1 501 Not Implemented"
+    );
     let (_, stats) = admin(&p, "/stats").await;
     for line in [
-        "http.t.downstream_rq_total: 3",
+        "http.t.downstream_rq_total: 4",
+        "http.t.downstream_rq_http1_total: 4",
+        "http.t.downstream_cx_total: 4",
+        "http.t.downstream_cx_http1_total: 4",
+        "http.t.downstream_cx_protocol_error: 1",
         "http.t.downstream_rq_2xx: 1",
         "http.t.downstream_rq_4xx: 1",
-        "http.t.downstream_rq_5xx: 1",
+        "http.t.downstream_rq_5xx: 2",
         "http.t.no_route: 1",
         "cluster.c.upstream_rq_total: 2",
         "cluster.c.upstream_rq_retry: 1",

@@ -289,7 +289,10 @@ pub async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
 mod tests {
     #[test]
     fn raw_repeats_expand() {
-        assert_eq!(super::expand_raw("a<<xy*3>>b<<q>>"), b"axyxyxyb<<q>>".to_vec());
+        assert_eq!(
+            super::expand_raw("a<<xy*3>>b<<q>>"),
+            b"axyxyxyb<<q>>".to_vec()
+        );
         assert_eq!(super::expand_raw("<<a\r\n*2>>"), b"a\r\na\r\n".to_vec());
     }
 }
