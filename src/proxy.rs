@@ -66,6 +66,9 @@ impl DrainState {
 
 #[derive(Default)]
 pub struct Ctx {
+    /// An upgrade other than WebSocket that the route allows: Pingora must forward its
+    /// `Upgrade`/`Connection` as they are (it normalizes only WebSocket's).
+    pub(crate) custom_upgrade: bool,
     pub(crate) route_config: Option<Arc<RouteConfig>>,
     /// Indexes of the matched virtual host and route.
     pub(crate) matched: Option<(usize, usize)>,
@@ -233,6 +236,13 @@ impl ProxyHttp for HttpHandler {
             http::Version::HTTP_2 => self.stats.downstream_rq_http2_total.inc(),
             _ => self.stats.downstream_rq_http1_total.inc(),
         }
+        // Envoy answers `Expect: 100-continue` itself and does not forward it.
+        if crate::request::expects_continue(session.req_header()) {
+            session.write_continue_response().await?;
+            session
+                .req_header_mut()
+                .remove_header(&http::header::EXPECT);
+        }
         self.stats.downstream_rq_active.inc();
         ctx.counted = true;
         ctx.downstream = session.client_addr().and_then(|a| a.as_inet()).copied();
@@ -289,8 +299,13 @@ impl ProxyHttp for HttpHandler {
             }
         }
         // Downstream timeouts: idle keep-alive and stream idle (reads of the request body).
-        if !self.drain.draining.load(Ordering::Relaxed) {
+        // What follows a CONNECT's head is not HTTP: Envoy closes after answering it.
+        if !self.drain.draining.load(Ordering::Relaxed)
+            && session.req_header().method != http::Method::CONNECT
+        {
             session.set_keepalive(self.hcm.idle_timeout.map(|d| d.as_secs().max(1)));
+        } else {
+            session.set_keepalive(None);
         }
         ctx.started = Some(Instant::now());
         session.set_read_timeout(
@@ -357,6 +372,22 @@ impl ProxyHttp for HttpHandler {
         };
         ctx.route_config = Some(rc.clone());
         self.select_route(&rc, session.req_header(), ctx);
+        if let Some(kind) = crate::request::upgrade_type(session.req_header_mut()) {
+            let route = match ctx
+                .matched
+                .map(|(v, i)| &rc.virtual_hosts[v].routes[i].action)
+            {
+                Some(Action::Forward(a)) => a.upgrades.as_slice(),
+                _ => &[],
+            };
+            if !crate::request::upgrade_allowed(&kind, route, &self.hcm.upgrades) {
+                session.set_keepalive(None);
+                self.send_local(session, 403, Bytes::new(), &[], ctx)
+                    .await?;
+                return Ok(true);
+            }
+            ctx.custom_upgrade = kind != "websocket";
+        }
         // The filters before the router (they see the route, and may answer themselves).
         let reply = self.decode_headers(ctx, session.req_header_mut()).await;
         if let Some(r) = reply {
@@ -461,6 +492,10 @@ impl ProxyHttp for HttpHandler {
         let mut peer = HttpPeer::new(host.addr, false, String::new());
         let config = &cluster.config;
         peer.options.connection_timeout = Some(config.connect_timeout);
+        if ctx.custom_upgrade {
+            peer.options.http_upstream_request_policy.h1_upgrade =
+                pingora_core::upstreams::peer::H1UpgradePolicy::Preserve;
+        }
         peer.options.idle_timeout = config.idle_timeout;
         if config.protocol == UpstreamProtocol::Http2 {
             peer.options.alpn = ALPN::H2;

@@ -108,9 +108,68 @@ pub(crate) fn forwarding_headers(
     }
 }
 
+pub(crate) fn expects_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// The upgrade an HTTP/1.1 request asks for (`Upgrade` named in `Connection`), lowercase.
+/// `h2c` is not one: Envoy's codec drops that offer, and so do we.
+pub(crate) fn upgrade_type(req: &mut RequestHeader) -> Option<String> {
+    if req.version != http::Version::HTTP_11 {
+        return None;
+    }
+    let kind = req
+        .headers
+        .get(http::header::UPGRADE)?
+        .to_str()
+        .ok()?
+        .trim()
+        .to_ascii_lowercase();
+    let named = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if kind == "h2c" {
+        req.remove_header(&http::header::UPGRADE);
+        req.remove_header("http2-settings");
+        return None;
+    }
+    named.then_some(kind)
+}
+
+/// Whether an upgrade is allowed: the route's setting for its type wins; otherwise the
+/// connection manager's (Envoy's `createUpgradeFilterChain`).
+pub(crate) fn upgrade_allowed(
+    kind: &str,
+    route: &[(String, bool)],
+    hcm: &[(String, bool)],
+) -> bool {
+    let find = |list: &[(String, bool)]| list.iter().find(|(k, _)| k == kind).map(|(_, on)| *on);
+    match find(route) {
+        Some(on) => on,
+        None => find(hcm).unwrap_or(false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_upgrade_settings_override_the_connection_managers() {
+        let on = |k: &str| vec![(k.to_string(), true)];
+        let off = |k: &str| vec![(k.to_string(), false)];
+        assert!(upgrade_allowed("websocket", &[], &on("websocket")));
+        assert!(!upgrade_allowed("websocket", &off("websocket"), &on("websocket")));
+        assert!(upgrade_allowed("x", &on("x"), &[]));
+        assert!(!upgrade_allowed("x", &[], &on("websocket")));
+        assert!(!upgrade_allowed("websocket", &[], &off("websocket")));
+    }
 
     #[test]
     fn normalizes_like_envoy() {

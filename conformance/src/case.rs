@@ -97,6 +97,9 @@ pub struct UpstreamSpec {
     /// Nothing listens on the port: connections are refused.
     #[serde(default)]
     pub refuse: bool,
+    /// Accept HTTP/1.1 upgrades (101, then echo every byte); see `upstream::serve_upgrade`.
+    #[serde(default)]
+    pub websocket: bool,
     /// Instead of HTTP: an ext_proc server (gRPC over h2c) answering as scripted.
     #[serde(default)]
     pub ext_proc: Option<ExtProcScript>,
@@ -258,6 +261,10 @@ pub struct Request {
     /// `<<a*70000>>` stands for 70,000 `a`s. The first response is read back.
     #[serde(default)]
     pub raw: Option<String>,
+    /// After a raw request's 101 answer: bytes to send through the tunnel; what comes back
+    /// (as many bytes, within the timeout) is the response body.
+    #[serde(default)]
+    pub tunnel: Option<String>,
     #[serde(default)]
     pub protocol: Protocol,
     /// A gRPC call: POST, h2c, `content-type: application/grpc`, `te: trailers`.
@@ -302,6 +309,8 @@ pub struct Expect {
     pub error: Option<ErrorKind>,
     /// Whether the proxy closes the connection after the response (raw requests only).
     pub closed: Option<bool>,
+    /// The 1xx answers before the final one, in order (raw requests only).
+    pub interim: Option<Vec<u16>>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

@@ -31,6 +31,14 @@ pub fn check(expect: &Expect, outcome: &Result<Response, Failure>) -> Result<(),
         (Ok(r), None) => r,
     };
     let mut errors = Vec::new();
+    if let Some(want) = &expect.interim {
+        if *want != resp.interim {
+            errors.push(format!(
+                "informational answers: expected {want:?}, got {:?}",
+                resp.interim
+            ));
+        }
+    }
     if let (Some(want), Some(got)) = (expect.closed, resp.closed) {
         if want != got {
             errors.push(format!(
@@ -257,6 +265,7 @@ mod tests {
                 .collect(),
             body: body.into(),
             closed: None,
+            interim: Vec::new(),
         })
     }
 

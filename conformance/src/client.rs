@@ -22,6 +22,8 @@ pub struct Outgoing<'a> {
     pub body: Option<&'a str>,
     /// Send these bytes instead (HTTP/1).
     pub raw: Option<Vec<u8>>,
+    /// After a 101 to a raw request, send these through the tunnel and read them back.
+    pub tunnel: Option<&'a str>,
     /// After a raw request's response, wait (up to 2 s) to see whether the proxy closes.
     pub await_close: bool,
     pub timeout: Duration,
@@ -35,6 +37,8 @@ pub struct Response {
     pub body: String,
     /// Whether the connection was closed after the response (when it was watched).
     pub closed: Option<bool>,
+    /// Informational (1xx) answers before it, raw requests only.
+    pub interim: Vec<u16>,
 }
 
 impl Response {
@@ -94,7 +98,7 @@ pub async fn send(out: &Outgoing<'_>) -> Result<Response, Failure> {
 
 async fn exchange(stream: TcpStream, out: &Outgoing<'_>) -> Result<Response> {
     if let Some(raw) = &out.raw {
-        return raw_exchange(stream, raw, out.await_close).await;
+        return raw_exchange(stream, raw, out.tunnel, out.await_close).await;
     }
     let io = TokioIo::new(stream);
     let body = Full::new(Bytes::from(out.body.unwrap_or_default().to_string()));
@@ -164,6 +168,7 @@ async fn finish(resp: hyper::Result<hyper::Response<hyper::body::Incoming>>) -> 
         headers,
         body,
         closed: None,
+        interim: Vec::new(),
     })
 }
 
@@ -195,15 +200,28 @@ pub fn expand_raw(raw: &str) -> Vec<u8> {
 /// Sends bytes as they are and reads the first HTTP/1 response (framed by content-length,
 /// chunked, or the close). A write the proxy cut short (it answered early and closed) is
 /// not an error: the response still counts.
-async fn raw_exchange(mut stream: TcpStream, raw: &[u8], await_close: bool) -> Result<Response> {
+async fn raw_exchange(
+    mut stream: TcpStream,
+    raw: &[u8],
+    tunnel: Option<&str>,
+    await_close: bool,
+) -> Result<Response> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = stream.write_all(raw).await;
     let mut buf = Vec::new();
     let mut eof = false;
+    let mut interim = Vec::new();
     let (status, headers, head_len) = loop {
         let mut slots = [httparse::EMPTY_HEADER; 128];
         let mut resp = httparse::Response::new(&mut slots);
         if let httparse::Status::Complete(n) = resp.parse(&buf)? {
+            let code = resp.code.unwrap_or_default();
+            // 1xx answers before the final one (101 is final: the tunnel follows).
+            if (100..200).contains(&code) && code != 101 {
+                interim.push(code);
+                buf.drain(..n);
+                continue;
+            }
             let headers: Vec<(String, String)> = resp
                 .headers
                 .iter()
@@ -227,6 +245,20 @@ async fn raw_exchange(mut stream: TcpStream, raw: &[u8], await_close: bool) -> R
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
+    if status == 101 {
+        let sent = tunnel.unwrap_or_default().as_bytes();
+        stream.write_all(sent).await?;
+        while buf.len() < head_len + sent.len() && !eof {
+            eof = read_more(&mut stream, &mut buf).await?;
+        }
+        return Ok(Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&buf[head_len..]).into_owned(),
+            closed: None,
+            interim,
+        });
+    }
     let body_end = match (header("content-length"), header("transfer-encoding")) {
         (Some(n), None) => Some(head_len + n.trim().parse::<usize>()?),
         (None, Some(_)) => None,
@@ -252,6 +284,7 @@ async fn raw_exchange(mut stream: TcpStream, raw: &[u8], await_close: bool) -> R
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
         closed,
+        interim,
     })
 }
 
@@ -279,6 +312,7 @@ pub async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
         headers: Vec::new(),
         body: None,
         raw: None,
+        tunnel: None,
         await_close: false,
         timeout: Duration::from_secs(2),
     };

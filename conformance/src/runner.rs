@@ -435,6 +435,7 @@ impl Run {
             headers,
             body: req.body.as_deref(),
             raw: req.raw.as_deref().map(client::expand_raw),
+            tunnel: req.tunnel.as_deref(),
             await_close: req.expect.closed.is_some(),
             timeout: req
                 .timeout_ms

@@ -70,6 +70,9 @@ pub async fn start(name: &str, spec: &UpstreamSpec) -> Result<Upstream> {
 }
 
 async fn serve_connection(mut stream: TcpStream, name: String, spec: UpstreamSpec) {
+    if spec.websocket {
+        return serve_upgrade(stream, name).await;
+    }
     if spec.close || spec.reset {
         read_head(&mut stream).await;
         if spec.reset {
@@ -88,7 +91,7 @@ async fn serve_connection(mut stream: TcpStream, name: String, spec: UpstreamSpe
 }
 
 /// Reads until the end of a request head (or a timeout, or EOF).
-async fn read_head(stream: &mut TcpStream) {
+async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let _ = tokio::time::timeout(READ_HEAD_TIMEOUT, async {
@@ -103,6 +106,50 @@ async fn read_head(stream: &mut TcpStream) {
         }
     })
     .await;
+    buf
+}
+
+/// A `websocket` upstream: it accepts any HTTP/1.1 upgrade with 101 (no WebSocket handshake
+/// check, as a proxy does not make one), says what it saw in `x-seen-*` headers, then echoes
+/// every byte back. A request that is not an upgrade gets 200 `not an upgrade`.
+async fn serve_upgrade(mut stream: TcpStream, name: String) {
+    use tokio::io::AsyncWriteExt;
+    let head = read_head(&mut stream).await;
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut slots);
+    let Ok(httparse::Status::Complete(len)) = req.parse(&head) else {
+        return;
+    };
+    let header = |n: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(n))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let seen = format!(
+        "x-upstream: {name}\r\nx-seen-path: {}\r\nx-seen-host: {}\r\nx-seen-connection: {}\r\n",
+        req.path.unwrap_or_default(),
+        header("host").unwrap_or_default(),
+        header("connection").unwrap_or_default(),
+    );
+    let Some(upgrade) = header("upgrade") else {
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\n{seen}content-length: 14\r\nconnection: close\r\n\r\nnot an upgrade"
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        return;
+    };
+    let answer =
+        format!("HTTP/1.1 101 Switching Protocols\r\nupgrade: {upgrade}\r\nconnection: upgrade\r\n{seen}\r\n");
+    if stream.write_all(answer.as_bytes()).await.is_err() {
+        return;
+    }
+    // Bytes that came with the head belong to the tunnel already.
+    if stream.write_all(&head[len..]).await.is_err() {
+        return;
+    }
+    let (mut r, mut w) = stream.split();
+    let _ = tokio::io::copy(&mut r, &mut w).await;
 }
 
 async fn answer(

@@ -369,12 +369,18 @@ pub static RULES: &[Rule] = &[
             "idle_timeout",
             "retry_policy",
             "request_mirror_policies",
+            "upgrade_configs",
         ],
         &["max_grpc_timeout", "grpc_timeout_offset"],
     ),
     rule(
         "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
         &["cluster", "runtime_fraction"],
+        &[],
+    ),
+    rule(
+        "envoy.config.route.v3.RouteAction.UpgradeConfig",
+        &["upgrade_type", "enabled"],
         &[],
     ),
     rule(
@@ -559,6 +565,7 @@ pub static RULES: &[Rule] = &[
             "always_set_request_id_in_response",
             "skip_xff_append",
             "via",
+            "upgrade_configs",
         ],
         &[
             "access_log",
@@ -572,6 +579,11 @@ pub static RULES: &[Rule] = &[
     rule(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
         &["name", "typed_config", "is_optional", "disabled"],
+        &[],
+    ),
+    rule(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
+        &["upgrade_type", "enabled"],
         &[],
     ),
     rule(

@@ -89,6 +89,9 @@ pub struct HttpConnectionManager {
     pub accept_http_10: bool,
     pub reject_underscore_headers: bool,
     pub drop_underscore_headers: bool,
+    /// `upgrade_configs`: the upgrade types (lowercase) and whether each is allowed; routes may
+    /// override them.
+    pub upgrades: Vec<(String, bool)>,
 }
 
 impl HttpConnectionManager {
@@ -214,6 +217,18 @@ impl HttpConnectionManager {
                 Ok(ServerHeaderTransformation::PassThrough) => ServerHeader::PassThrough,
                 _ => ServerHeader::Overwrite,
             };
+        let upgrades = h
+            .upgrade_configs
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                super::route::upgrade(
+                    &u.upgrade_type,
+                    u.enabled.as_ref(),
+                    &format!("upgrade_configs[{i}]"),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         let max_request_headers_kb = h.max_request_headers_kb.as_ref().map_or(60, |v| v.value);
         if !(1..=8192).contains(&max_request_headers_kb) {
             return Err(ConfigError::new(
@@ -222,6 +237,7 @@ impl HttpConnectionManager {
             ));
         }
         Ok(Self {
+            upgrades,
             stat_prefix: h.stat_prefix.clone(),
             codec,
             routes,

@@ -168,6 +168,9 @@ pub struct RouteAction {
     pub rate_limits: Vec<super::ratelimit::RateLimitRule>,
     /// The virtual host's `rate_limits` apply too (they do anyway when the route has none).
     pub include_vh_rate_limits: bool,
+    /// `upgrade_configs`: per upgrade type (lowercase), allowed or not on this route, over
+    /// the connection manager's setting.
+    pub upgrades: Vec<(String, bool)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -455,6 +458,18 @@ fn regex_rewrite(
     Ok((re, sub))
 }
 
+/// One `upgrade_configs` entry: its type, lowercase, and `enabled` (true by default).
+pub(crate) fn upgrade(
+    kind: &str,
+    enabled: Option<&sentinel_proto::pb::google::protobuf::BoolValue>,
+    path: &str,
+) -> Result<(String, bool)> {
+    if kind.is_empty() {
+        return Err(ConfigError::new(format!("{path}.upgrade_type"), "required"));
+    }
+    Ok((kind.to_ascii_lowercase(), enabled.is_none_or(|b| b.value)))
+}
+
 impl RouteAction {
     fn from_proto(a: &pb::RouteAction) -> Result<Self> {
         use pb::route_action::{ClusterSpecifier as C, HostRewriteSpecifier as H};
@@ -547,6 +562,18 @@ impl RouteAction {
             idle_timeout: timeout_or(a.idle_timeout.as_ref(), None, "idle_timeout")?,
             rate_limits: super::ratelimit::rules(&a.rate_limits, "rate_limits")?,
             include_vh_rate_limits: a.include_vh_rate_limits.as_ref().is_some_and(|b| b.value),
+            upgrades: a
+                .upgrade_configs
+                .iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    upgrade(
+                        &u.upgrade_type,
+                        u.enabled.as_ref(),
+                        &format!("upgrade_configs[{i}]"),
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?,
             retry: a
                 .retry_policy
                 .as_ref()
