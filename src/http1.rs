@@ -92,25 +92,22 @@ pub(crate) async fn serve(
                 close(&mut stream).await;
                 return;
             }
-            Verdict::Serve { rewritten, end } => {
+            Verdict::Serve {
+                rewritten,
+                head_len,
+                end,
+            } => {
+                // Only this request goes back to Pingora, so that it never reads past its end
+                // (which would cost the connection): what follows is the next head.
                 match rewritten {
                     Some(head) => {
                         let mut bytes = head;
-                        bytes.extend_from_slice(&buf[end.min(buf.len())..]);
+                        bytes.extend_from_slice(&buf[head_len..end]);
                         stream.rewind(&bytes);
-                        buf.clear();
                     }
-                    // Only this request goes back to Pingora, so that it never reads past
-                    // its end (which would cost the connection): the rest is the next head.
-                    None if end < buf.len() => {
-                        stream.rewind(&buf[..end]);
-                        buf.drain(..end);
-                    }
-                    None => {
-                        stream.rewind(&buf);
-                        buf.clear();
-                    }
+                    None => stream.rewind(&buf[..end]),
                 }
+                buf.drain(..end);
             }
         }
         let mut session = ServerSession::new_http1(stream);
@@ -160,10 +157,12 @@ enum Verdict {
     Closed,
     /// Envoy would answer this status and close.
     Reject(u16, Kind),
-    /// A good head. `end` is where this request ends in the buffer when that is known (no
-    /// body, or a Content-Length body), otherwise the buffer's length.
+    /// A good head, `head_len` bytes long in the buffer. `end` is where this request ends in
+    /// the buffer when that is known (no body, or a Content-Length body), otherwise the
+    /// buffer's length.
     Serve {
         rewritten: Option<Vec<u8>>,
+        head_len: usize,
         end: usize,
     },
 }
@@ -192,7 +191,11 @@ async fn read_head(stream: &mut Stream, buf: &mut Vec<u8>, limits: &Limits) -> V
                         Body::Length(n) => head_len.saturating_add(n).min(buf.len()),
                         Body::Unknown => buf.len(),
                     };
-                    return Verdict::Serve { rewritten, end };
+                    return Verdict::Serve {
+                        rewritten,
+                        head_len,
+                        end,
+                    };
                 }
             }
         }
@@ -331,8 +334,8 @@ fn folded(buf: &[u8]) -> bool {
         .any(|w| w[0] == b'\r' && w[1] == b'\n' && (w[2] == b' ' || w[2] == b'\t'))
 }
 
-/// Checks a head with its folded lines joined, each fold becoming one space (as Envoy
-/// forwards them); the joined head replaces the original.
+/// Checks a head with its folded lines joined: the line break goes, the whitespace after it
+/// stays (as Envoy forwards them); the joined head replaces the original.
 fn check_unfolded(buf: &[u8], limits: &Limits) -> Check {
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else {
         return Check::Partial;
@@ -341,14 +344,7 @@ fn check_unfolded(buf: &[u8], limits: &Limits) -> Check {
     let mut i = 0;
     while i < end {
         if buf[i..].starts_with(b"\r\n") && matches!(buf.get(i + 2), Some(b' ' | b'\t')) {
-            while head.last().is_some_and(|b| *b == b' ' || *b == b'\t') {
-                head.pop();
-            }
-            head.push(b' ');
             i += 2;
-            while matches!(buf.get(i), Some(b' ' | b'\t')) {
-                i += 1;
-            }
         } else {
             head.push(buf[i]);
             i += 1;
@@ -622,7 +618,7 @@ mod tests {
         );
         assert_eq!(
             rewritten("GET / HTTP/1.1\r\nHost: a\r\nx-a: 1\r\n  2\r\n\t3\r\n\r\n"),
-            "GET / HTTP/1.1\r\nHost: a\r\nx-a: 1 2 3\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: a\r\nx-a: 1  2\t3\r\n\r\n"
         );
     }
 

@@ -165,7 +165,11 @@ mod tests {
         let on = |k: &str| vec![(k.to_string(), true)];
         let off = |k: &str| vec![(k.to_string(), false)];
         assert!(upgrade_allowed("websocket", &[], &on("websocket")));
-        assert!(!upgrade_allowed("websocket", &off("websocket"), &on("websocket")));
+        assert!(!upgrade_allowed(
+            "websocket",
+            &off("websocket"),
+            &on("websocket")
+        ));
         assert!(upgrade_allowed("x", &on("x"), &[]));
         assert!(!upgrade_allowed("x", &[], &on("websocket")));
         assert!(!upgrade_allowed("websocket", &[], &off("websocket")));
