@@ -12,7 +12,7 @@ use pingora_http::ResponseHeader;
 use sentinel_xds::config::ext_proc::{ExtProc, ExtProcPerRoute};
 use sentinel_xds::config::hcm::HttpFilter;
 use sentinel_xds::config::local_ratelimit::{LocalRateLimit, TokenBucket, VhRateLimits};
-use sentinel_xds::config::ratelimit::RateLimitFilter;
+use sentinel_xds::config::ratelimit::{RateLimitFilter, RateLimitPerRoute, RateLimitRule};
 use sentinel_xds::config::route::{Action, FilterOverride, PerFilter, Route, VirtualHost};
 
 use crate::ext_proc::{self, Outcome};
@@ -34,6 +34,22 @@ fn sampled(per_million: u32) -> bool {
     per_million >= 1_000_000 || (per_million > 0 && rand::random_range(0..1_000_000) < per_million)
 }
 
+/// The rate limit filter's per-route config: the route's, else the virtual host's; the outer
+/// None when the filter is disabled here.
+fn per_route_rate_limit<'a>(
+    name: &str,
+    levels: [Option<&'a PerFilter>; 2],
+) -> Option<Option<&'a RateLimitPerRoute>> {
+    for per in levels.into_iter().flatten() {
+        match per.get(name) {
+            Some(FilterOverride::Disabled) => return None,
+            Some(FilterOverride::RateLimit(c)) => return Some(Some(c)),
+            _ => {}
+        }
+    }
+    Some(None)
+}
+
 /// The config a filter uses for this request: the route's override, else the virtual
 /// host's, else its own; None when it is disabled here.
 fn effective<'a>(
@@ -45,7 +61,7 @@ fn effective<'a>(
         match per.get(name) {
             Some(FilterOverride::Disabled) => return None,
             Some(FilterOverride::LocalRateLimit(c)) => return Some(c),
-            Some(FilterOverride::ExtProc(_)) | None => {}
+            Some(FilterOverride::ExtProc(_) | FilterOverride::RateLimit(_)) | None => {}
         }
     }
     Some(own)
@@ -85,8 +101,13 @@ impl HttpHandler {
                         ctx,
                     )
                 }
-                HttpFilter::RateLimit { config, .. } => {
-                    self.global_rate_limit(config, req, route, vhost, &mut response_headers, ctx)
+                HttpFilter::RateLimit { name, config } => {
+                    let levels = [route.map(|r| &r.per_filter), vhost.map(|v| &v.per_filter)];
+                    let Some(per_route) = per_route_rate_limit(name, levels) else {
+                        continue;
+                    };
+                    let scope = (route, vhost, per_route);
+                    self.global_rate_limit(config, scope, req, &mut response_headers, ctx)
                         .await
                 }
                 HttpFilter::ExtProc { name, config } => {
@@ -222,9 +243,12 @@ impl HttpHandler {
     async fn global_rate_limit(
         &self,
         cfg: &RateLimitFilter,
+        (route, vhost, per_route): (
+            Option<&Route>,
+            Option<&VirtualHost>,
+            Option<&RateLimitPerRoute>,
+        ),
         req: &mut RequestHeader,
-        route: Option<&Route>,
-        vhost: Option<&VirtualHost>,
         response_headers: &mut Vec<(http::HeaderName, String)>,
         ctx: &Ctx,
     ) -> Option<FilterReply> {
@@ -232,23 +256,44 @@ impl HttpHandler {
             Action::Forward(a) => Some(a.clone()),
             _ => None,
         })?;
-        // The virtual host's limits apply when the route has none, or when it asks for them.
-        let vh_rules = vhost
-            .filter(|_| action.rate_limits.is_empty() || action.include_vh_rate_limits)
-            .map(|v| v.rate_limits.as_slice())
-            .unwrap_or_default();
+        // Which `rate_limits` make the descriptors, as Envoy picks them: the most specific
+        // RateLimitPerRoute's, else the filter's own, else the route's and (per vh_rate_limits)
+        // the virtual host's, at the filter's stage.
+        let vh_option = match per_route {
+            _ if action.include_vh_rate_limits => VhRateLimits::Include,
+            Some(p) => p.vh_rate_limits,
+            None => VhRateLimits::Override,
+        };
+        let vh_rules = match vh_option {
+            VhRateLimits::Include => vhost.map(|v| v.rate_limits.as_slice()),
+            VhRateLimits::Override if action.rate_limits.is_empty() => {
+                vhost.map(|v| v.rate_limits.as_slice())
+            }
+            _ => None,
+        }
+        .unwrap_or_default();
+        let (stage, rules): (u32, Vec<&RateLimitRule>) = match per_route {
+            Some(p) if !p.rate_limits.is_empty() => (0, p.rate_limits.iter().collect()),
+            _ if !cfg.rate_limits.is_empty() => (0, cfg.rate_limits.iter().collect()),
+            _ => (
+                cfg.stage,
+                action.rate_limits.iter().chain(vh_rules).collect(),
+            ),
+        };
+        let domain = per_route
+            .and_then(|p| p.domain.as_deref())
+            .unwrap_or(&cfg.domain);
         let input = DescriptorInput {
             req,
             source_cluster: &self.local_cluster,
             destination_cluster: ctx.cluster_name.as_deref(),
             remote: ctx.downstream.map(|a| a.ip()),
         };
-        let descriptors =
-            ratelimit::descriptors(cfg.stage, action.rate_limits.iter().chain(vh_rules), &input);
+        let descriptors = ratelimit::descriptors(stage, rules.into_iter(), &input);
         if descriptors.is_empty() {
             return None;
         }
-        match ratelimit::check(cfg, &self.clusters, descriptors).await {
+        match ratelimit::check(cfg, domain, &self.clusters, descriptors).await {
             Verdict::Deny(reply) => Some(reply),
             Verdict::Allow {
                 request_headers,

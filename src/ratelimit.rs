@@ -12,7 +12,10 @@ use sentinel_proto::pb::envoy::service::ratelimit::v3::{
     rate_limit_service_client::RateLimitServiceClient,
     RateLimitRequest, RateLimitResponse,
 };
-use sentinel_xds::config::ratelimit::{Action, RateLimitFilter, RateLimitRule};
+use sentinel_proto::pb::google::protobuf::UInt64Value;
+use sentinel_xds::config::ratelimit::{
+    Action, HitsAddend, RateLimitFilter, RateLimitRule, MAX_HITS_ADDEND,
+};
 
 use crate::filters::FilterReply;
 use crate::upstream::ClusterManager;
@@ -109,8 +112,23 @@ fn descriptor(rule: &RateLimitRule, input: &DescriptorInput<'_>) -> Option<RateL
             }
         }
     }
+    let hits_addend = match &rule.hits_addend {
+        None => None,
+        Some(HitsAddend::Number(n)) => Some(*n),
+        // A value that is not a number up to the maximum drops the descriptor, as in Envoy.
+        Some(HitsAddend::Header(name)) => Some(
+            input
+                .req
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|n| *n <= MAX_HITS_ADDEND)?,
+        ),
+    };
     (!entries.is_empty()).then_some(RateLimitDescriptor {
         entries,
+        hits_addend: hits_addend.map(|value| UInt64Value { value }),
         ..Default::default()
     })
 }
@@ -201,11 +219,12 @@ fn headers_of(
 /// Asks the rate limit service about `descriptors`, and applies Envoy's rules to the answer.
 pub(crate) async fn check(
     cfg: &RateLimitFilter,
+    domain: &str,
     clusters: &ClusterManager,
     descriptors: Vec<RateLimitDescriptor>,
 ) -> Verdict {
     let request = RateLimitRequest {
-        domain: cfg.domain.clone(),
+        domain: domain.to_string(),
         descriptors,
         hits_addend: 0,
     };

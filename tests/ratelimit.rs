@@ -132,3 +132,87 @@ async fn failure_mode_follows_failure_mode_deny() {
         "failure_mode_deny answers 500"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_route_config_picks_rules_domain_and_hits_addend() {
+    let (up, _) = scripted_upstream("up", |_| 200).await;
+    let (rls_addr, rls) = rls().await;
+    let clusters = format!(
+        "[ {}, {} ]",
+        static_cluster("up", &[up]),
+        h2_cluster("rls", rls_addr)
+    );
+    let per_route = |body: &str| {
+        format!(
+            r#"typed_per_filter_config: {{ envoy.filters.http.ratelimit: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute, {body} }} }}"#
+        )
+    };
+    let routes = format!(
+        r#"[
+  {{ match: {{ prefix: /hits }}, route: {{ cluster: up, rate_limits: [ {{ actions: [ {{ generic_key: {{ descriptor_value: legacy }} }} ] }} ] }},
+     {} }},
+  {{ match: {{ prefix: /header }}, route: {{ cluster: up }},
+     {} }},
+  {{ match: {{ prefix: /off }}, route: {{ cluster: up, rate_limits: [ {{ actions: [ {{ generic_key: {{ descriptor_value: deny }} }} ] }} ] }},
+     typed_per_filter_config: {{ envoy.filters.http.ratelimit: {{ "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true }} }} }}
+]"#,
+        per_route("domain: other, rate_limits: [ { actions: [ { generic_key: { descriptor_value: hits } } ], hits_addend: { number: 3 } } ]"),
+        per_route(r#"rate_limits: [ { actions: [ { generic_key: { descriptor_value: h } } ], hits_addend: { format: "%REQ(x-hits)%" } } ]"#),
+    );
+    let (_p, addr) = static_proxy_with(&filter("rls", false), &routes, &clusters).await;
+    let (s, _, _) = get(addr, "/hits").await.unwrap();
+    assert_eq!(s, 200);
+    let (s, _, _) = send_with(addr, "GET", "/header", &[("x-hits", "7")], "")
+        .await
+        .unwrap();
+    assert_eq!(s, 200);
+    // Not a number: the descriptor is dropped, and with it the call.
+    let (s, _, _) = send_with(addr, "GET", "/header", &[("x-hits", "many")], "")
+        .await
+        .unwrap();
+    assert_eq!(s, 200);
+    // The filter disabled on the route: no call, though its limit would deny.
+    assert_eq!(get(addr, "/off").await.unwrap().0, 200);
+    let seen = rls.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // The per-route rules replace the route's, in the per-route domain.
+    assert_eq!(seen[0].domain, "other");
+    assert_eq!(seen[0].descriptors.len(), 1);
+    assert_eq!(seen[0].descriptors[0].entries[0].value, "hits");
+    assert_eq!(
+        seen[0].descriptors[0].hits_addend.as_ref().map(|v| v.value),
+        Some(3)
+    );
+    assert_eq!(seen[1].domain, "test");
+    assert_eq!(
+        seen[1].descriptors[0].hits_addend.as_ref().map(|v| v.value),
+        Some(7)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_filters_own_rate_limits_replace_the_routes() {
+    let (up, _) = scripted_upstream("up", |_| 200).await;
+    let (rls_addr, rls) = rls().await;
+    let clusters = format!(
+        "[ {}, {} ]",
+        static_cluster("up", &[up]),
+        h2_cluster("rls", rls_addr)
+    );
+    let own = r#"rate_limits: [ { actions: [ { generic_key: { descriptor_value: filter-level } } ], hits_addend: { number: 5 } } ], "#;
+    let filters = filter("rls", false).replace("domain: test, ", &format!("domain: test, {own}"));
+    let (_p, addr) = static_proxy_with(&filters, ROUTES, &clusters).await;
+    // /deny's own rule would be denied; the filter's rule is what is sent, on every route.
+    assert_eq!(get(addr, "/deny").await.unwrap().0, 200);
+    assert_eq!(get(addr, "/free").await.unwrap().0, 200);
+    let seen = rls.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for r in &seen {
+        assert_eq!(r.descriptors.len(), 1);
+        assert_eq!(r.descriptors[0].entries[0].value, "filter-level");
+        assert_eq!(
+            r.descriptors[0].hits_addend.as_ref().map(|v| v.value),
+            Some(5)
+        );
+    }
+}

@@ -130,6 +130,22 @@ descriptors:
       name: per-user
       unit: minute
       requests_per_unit: 2
+  - key: generic_key
+    value: hits
+    rate_limit: { unit: minute, requests_per_unit: 5 }
+  - key: generic_key
+    value: hitsh
+    rate_limit: { unit: minute, requests_per_unit: 5 }
+  - key: generic_key
+    value: legacyhits
+    rate_limit: { unit: minute, requests_per_unit: 5 }
+EOF
+cat >"$work/runtime/ratelimit/config/other.yaml" <<EOF
+domain: $DOMAIN-other
+descriptors:
+  - key: generic_key
+    value: dom
+    rate_limit: { unit: minute, requests_per_unit: 1 }
 EOF
 rl_healthy() { [ "$(curl -s --max-time 2 "http://127.0.0.1:$P_RL_HTTP/healthcheck" 2>/dev/null)" = OK ]; }
 start_ratelimit() {
@@ -167,6 +183,54 @@ listener() { # listener NAME PORT DENY(true|false)
                   rate_limits:
                   - actions:
                     - request_headers: { header_name: x-user-id, descriptor_key: user }
+              - match: { prefix: /hits-legacy }
+                route:
+                  cluster: upstream
+                  rate_limits:
+                  - actions:
+                    - generic_key: { descriptor_value: legacyhits }
+                    hits_addend: { number: 2 }
+              - match: { prefix: /hits-header }
+                route: { cluster: upstream }
+                typed_per_filter_config:
+                  envoy.filters.http.ratelimit:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute
+                    rate_limits:
+                    - actions:
+                      - generic_key: { descriptor_value: hitsh }
+                      hits_addend: { format: "%REQ(x-hits)%" }
+              - match: { prefix: /hits }
+                route:
+                  cluster: upstream
+                  rate_limits:
+                  - actions:
+                    - generic_key: { descriptor_value: shared }
+                typed_per_filter_config:
+                  envoy.filters.http.ratelimit:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute
+                    rate_limits:
+                    - actions:
+                      - generic_key: { descriptor_value: hits }
+                      hits_addend: { number: 2 }
+              - match: { prefix: /other-domain }
+                route: { cluster: upstream }
+                typed_per_filter_config:
+                  envoy.filters.http.ratelimit:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute
+                    domain: $DOMAIN-other
+                    rate_limits:
+                    - actions:
+                      - generic_key: { descriptor_value: dom }
+              - match: { prefix: /unlimited }
+                route:
+                  cluster: upstream
+                  rate_limits:
+                  - actions:
+                    - generic_key: { descriptor_value: shared }
+                typed_per_filter_config:
+                  envoy.filters.http.ratelimit:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    disabled: true
               - match: { prefix: / }
                 route:
                   cluster: upstream
@@ -360,6 +424,36 @@ else bad "user/no-header-no-descriptor-no-limit" "got$codes x-ratelimit headers:
 ukeys="$(rcli --scan --pattern "${DOMAIN}_user_*" 2>/dev/null | sort | paste -sd' ' -)"
 if [[ "$ukeys" == "${DOMAIN}_user_alice_"*" ${DOMAIN}_user_bob_"* ]]; then ok "user/redis-keys-per-value"
 else bad "user/redis-keys-per-value" "keys '$ukeys'"; fi
+
+# --- case 3b: hits_addend, per-route rate_limits and domain, filter disabled per route ----------
+flush
+fit_in_minute 15
+got=""
+for p in "$P_A_OPEN" "$P_B_OPEN" "$P_A_OPEN"; do
+  req "$p" /hits; got="$got $code/$(hdr x-ratelimit-remaining)"
+done
+# 5 per minute, 2 hits each: 3 left, 1 left, then over (the route's own rate_limits are replaced).
+if [ "$got" = " 200/3 200/1 429/0" ]; then ok "hits/number-2-per-request (200/3 200/1 429/0 across A/B)"
+else bad "hits/number-2-per-request" "status/remaining:$got (want 200/3 200/1 429/0)"; fi
+req "$P_B_OPEN" /hits-header -H 'x-hits: 4'; got="$code/$(hdr x-ratelimit-remaining)"
+req "$P_A_OPEN" /hits-header -H 'x-hits: 2'; got="$got $code/$(hdr x-ratelimit-remaining)"
+req "$P_A_OPEN" /hits-header -H 'x-hits: lots'; got="$got $code/$(hdr x-ratelimit-remaining)"
+if [ "$got" = "200/1 429/0 200/" ]; then ok "hits/format-from-request-header (4 then 2 of 5: 200/1 429/0; not a number: no descriptor)"
+else bad "hits/format-from-request-header" "status/remaining: $got (want 200/1 429/0 200/)"; fi
+req "$P_A_OPEN" /hits-legacy; got="$code/$(hdr x-ratelimit-remaining)"
+if [ "$got" = "200/4" ]; then ok "hits/ignored-in-route-level-rate-limits (200/4, as Envoy)"
+else bad "hits/ignored-in-route-level-rate-limits" "status/remaining: $got (want 200/4)"; fi
+req "$P_A_OPEN" /other-domain; c1="$code"
+req "$P_B_OPEN" /other-domain; c2="$code"
+dkeys="$(rcli --scan --pattern "${DOMAIN}-other_generic_key_dom_*" 2>/dev/null | paste -sd' ' -)"
+if [ "$c1 $c2" = "200 429" ] && [ -n "$dkeys" ]; then ok "per-route-domain (1 per minute in $DOMAIN-other: 200 429)"
+else bad "per-route-domain" "got $c1 $c2, keys '$dkeys'"; fi
+codes=""
+for p in "$P_A_OPEN" "$P_B_OPEN" "$P_A_OPEN" "$P_B_OPEN"; do
+  req "$p" /unlimited; codes="$codes $code"
+done
+if [ "$codes" = " 200 200 200 200" ] && ! has_hdr x-ratelimit-limit; then ok "filter-disabled-per-route (4 x 200, no x-ratelimit-*)"
+else bad "filter-disabled-per-route" "got$codes"; fi
 
 # --- case 4: failure_mode_deny: true listener works while the service is up -----------------------
 flush

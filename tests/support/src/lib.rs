@@ -291,10 +291,25 @@ pub async fn send(
     path: &str,
     body: &str,
 ) -> std::io::Result<(u16, String, String)> {
+    send_with(addr, method, path, &[], body).await
+}
+
+/// `send` with extra request headers.
+pub async fn send_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await??;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     s.write_all(
-        format!("{method} {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        format!("{method} {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}", body.len())
             .as_bytes(),
     )
     .await?;

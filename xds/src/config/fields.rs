@@ -272,7 +272,7 @@ pub static RULES: &[Rule] = &[
     ),
     rule(
         "envoy.config.route.v3.RateLimit",
-        &["stage", "actions"],
+        &["stage", "actions", "hits_addend"],
         &["disable_key"],
     ),
     rule(
@@ -302,6 +302,11 @@ pub static RULES: &[Rule] = &[
             "expect_match",
             "headers",
         ],
+        &[],
+    ),
+    rule(
+        "envoy.config.route.v3.RateLimit.HitsAddend",
+        &["number", "format"],
         &[],
     ),
     rule(
@@ -532,8 +537,14 @@ pub static RULES: &[Rule] = &[
             "response_headers_to_add",
             "status_on_error",
             "rate_limited_as_resource_exhausted",
+            "rate_limits",
         ],
         &["stat_prefix"],
+    ),
+    rule(
+        "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute",
+        &["vh_rate_limits", "rate_limits", "domain"],
+        &[],
     ),
     rule(
         "envoy.extensions.filters.http.router.v3.Router",

@@ -12,6 +12,7 @@ use super::route::{header_add, HeaderAdd};
 use super::{timeout_or, ConfigError, Result};
 
 pub const TYPE: &str = "envoy.extensions.filters.http.ratelimit.v3.RateLimit";
+pub const PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute";
 
 /// The filter's own config.
 #[derive(Debug)]
@@ -29,7 +30,49 @@ pub struct RateLimitFilter {
     pub status_on_error: u16,
     pub response_headers: Vec<HeaderAdd>,
     pub as_resource_exhausted: bool,
+    /// The filter's own `rate_limits`: when set, the route's and virtual host's are ignored.
+    pub rate_limits: Vec<RateLimitRule>,
 }
+
+/// `RateLimitPerRoute`, the filter's config on a route or virtual host.
+#[derive(Debug)]
+pub struct RateLimitPerRoute {
+    /// When set, these make the descriptors instead of any other `rate_limits`.
+    pub rate_limits: Vec<RateLimitRule>,
+    /// Overrides the filter's domain.
+    pub domain: Option<String>,
+    pub vh_rate_limits: super::local_ratelimit::VhRateLimits,
+}
+
+impl RateLimitPerRoute {
+    pub fn from_proto(c: &pb::RateLimitPerRoute) -> Result<Self> {
+        use super::local_ratelimit::VhRateLimits;
+        if c.override_option != 0 {
+            return Err(ConfigError::new("override_option", "not supported"));
+        }
+        Ok(Self {
+            rate_limits: new_style_rules(&c.rate_limits, "rate_limits")?,
+            domain: (!c.domain.is_empty()).then(|| c.domain.clone()),
+            vh_rate_limits: match c.vh_rate_limits {
+                1 => VhRateLimits::Include,
+                2 => VhRateLimits::Ignore,
+                _ => VhRateLimits::Override,
+            },
+        })
+    }
+}
+
+/// How many hits a descriptor counts for (`RateLimit.hits_addend`).
+#[derive(Debug, Clone)]
+pub enum HitsAddend {
+    Number(u64),
+    /// `%REQ(name)%`: the request header's value, a number up to 1,000,000,000; the
+    /// descriptor is dropped when it is not one (as Envoy does).
+    Header(http::HeaderName),
+}
+
+/// The largest `hits_addend` Envoy takes.
+pub const MAX_HITS_ADDEND: u64 = 1_000_000_000;
 
 fn http_status(
     s: Option<&sentinel_proto::pb::envoy::r#type::v3::HttpStatus>,
@@ -97,6 +140,7 @@ impl RateLimitFilter {
                 .map(|(i, o)| header_add(o, &format!("response_headers_to_add[{i}]")))
                 .collect::<Result<_>>()?,
             as_resource_exhausted: c.rate_limited_as_resource_exhausted,
+            rate_limits: new_style_rules(&c.rate_limits, "rate_limits")?,
         })
     }
 }
@@ -138,10 +182,13 @@ pub enum Action {
 pub struct RateLimitRule {
     pub stage: u32,
     pub actions: Vec<Action>,
+    pub hits_addend: Option<HitsAddend>,
 }
 
 impl RateLimitRule {
-    pub fn from_proto(r: &route_pb::RateLimit) -> Result<Self> {
+    /// `new_style`: a rule of the filter's or RateLimitPerRoute's `rate_limits`, where
+    /// `hits_addend` applies (Envoy ignores it in the route's and virtual host's).
+    pub fn from_proto(r: &route_pb::RateLimit, new_style: bool) -> Result<Self> {
         use route_pb::rate_limit::action::ActionSpecifier as A;
         if r.limit.is_some() {
             return Err(ConfigError::new(
@@ -149,12 +196,16 @@ impl RateLimitRule {
                 "dynamic limit overrides are not supported",
             ));
         }
-        if r.hits_addend.is_some() || r.apply_on_stream_done || r.x_ratelimit_option != 0 {
-            return Err(ConfigError::new(
-                "hits_addend",
-                "hits_addend, apply_on_stream_done and x_ratelimit_option are not supported",
-            ));
+        if r.apply_on_stream_done {
+            return Err(ConfigError::new("apply_on_stream_done", "not supported"));
         }
+        if r.x_ratelimit_option != 0 {
+            return Err(ConfigError::new("x_ratelimit_option", "not supported"));
+        }
+        let hits_addend = match &r.hits_addend {
+            Some(h) if new_style => Some(hits_addend(h)?),
+            _ => None,
+        };
         let mut actions = Vec::with_capacity(r.actions.len());
         for (i, a) in r.actions.iter().enumerate() {
             let path = format!("actions[{i}]");
@@ -226,14 +277,59 @@ impl RateLimitRule {
         Ok(Self {
             stage: r.stage.as_ref().map_or(0, |s| s.value),
             actions,
+            hits_addend,
         })
     }
 }
 
-/// Parses a list of `rate_limits`.
+fn hits_addend(h: &route_pb::rate_limit::HitsAddend) -> Result<HitsAddend> {
+    match (h.number.as_ref().map(|n| n.value), h.format.as_str()) {
+        (Some(n), "") if n <= MAX_HITS_ADDEND => Ok(HitsAddend::Number(n)),
+        (Some(_), "") => Err(ConfigError::new(
+            "hits_addend.number",
+            format!("must be at most {MAX_HITS_ADDEND}"),
+        )),
+        (None, f) => f
+            .strip_prefix("%REQ(")
+            .and_then(|f| f.strip_suffix(")%"))
+            .and_then(|h| http::HeaderName::try_from(h.to_ascii_lowercase()).ok())
+            .map(HitsAddend::Header)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "hits_addend.format",
+                    "only a number or %REQ(header)% is supported",
+                )
+            }),
+        (Some(_), _) => Err(ConfigError::new(
+            "hits_addend",
+            "number and format are exclusive",
+        )),
+    }
+}
+
+/// `rate_limits` of the filter or of `RateLimitPerRoute`, where `stage` does not apply.
+fn new_style_rules(v: &[route_pb::RateLimit], field: &str) -> Result<Vec<RateLimitRule>> {
+    let mut rules = parse_rules(v, field, true)?;
+    for r in &mut rules {
+        r.stage = 0;
+    }
+    Ok(rules)
+}
+
+/// Parses a route's or virtual host's `rate_limits`.
 pub fn rules(v: &[route_pb::RateLimit], field: &str) -> Result<Vec<RateLimitRule>> {
+    parse_rules(v, field, false)
+}
+
+fn parse_rules(
+    v: &[route_pb::RateLimit],
+    field: &str,
+    new_style: bool,
+) -> Result<Vec<RateLimitRule>> {
     v.iter()
         .enumerate()
-        .map(|(i, r)| RateLimitRule::from_proto(r).map_err(|e| e.within(&format!("{field}[{i}]"))))
+        .map(|(i, r)| {
+            RateLimitRule::from_proto(r, new_style).map_err(|e| e.within(&format!("{field}[{i}]")))
+        })
         .collect()
 }

@@ -48,6 +48,7 @@ pub enum FilterOverride {
     /// `FilterConfig { disabled: true }`: the filter is skipped here.
     Disabled,
     LocalRateLimit(Arc<super::local_ratelimit::LocalRateLimit>),
+    RateLimit(Arc<super::ratelimit::RateLimitPerRoute>),
     ExtProc(super::ext_proc::ExtProcPerRoute),
 }
 
@@ -83,6 +84,11 @@ fn per_filter(
                 name.clone(),
                 FilterOverride::LocalRateLimit(Arc::new(config)),
             );
+        } else if type_name == super::ratelimit::PER_ROUTE_TYPE {
+            let proto = sentinel_proto::from_any(&inner).map_err(bad)?;
+            let config = super::ratelimit::RateLimitPerRoute::from_proto(&proto)
+                .map_err(|e| e.within(&path))?;
+            out.insert(name.clone(), FilterOverride::RateLimit(Arc::new(config)));
         } else if type_name == super::ext_proc::PER_ROUTE_TYPE {
             let proto = sentinel_proto::from_any(&inner).map_err(bad)?;
             let config = super::ext_proc::ExtProcPerRoute::from_proto(&proto)
