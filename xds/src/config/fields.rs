@@ -588,13 +588,13 @@ pub static RULES: &[Rule] = &[
         ],
     ),
     rule(
-        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
-        &["name", "typed_config", "is_optional", "disabled"],
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
+        &["upgrade_type", "enabled"],
         &[],
     ),
     rule(
-        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
-        &["upgrade_type", "enabled"],
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+        &["name", "typed_config", "is_optional", "disabled"],
         &[],
     ),
     rule(
