@@ -11,7 +11,7 @@ use sentinel_proto::pb::envoy::service::ext_proc::v3::{
     external_processor_client::ExternalProcessorClient, processing_request, processing_response,
     HeaderMutation, HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse,
 };
-use sentinel_xds::config::ext_proc::{ExtProc, MutationRules};
+use sentinel_xds::config::ext_proc::{ExtProc, MutationRules, ProcessingMode};
 use tokio::sync::mpsc;
 
 use crate::filters::FilterReply;
@@ -37,6 +37,10 @@ impl Failure {
 /// One request's conversation with one processor.
 pub(crate) struct Conversation {
     pub config: Arc<ExtProc>,
+    /// The processing mode in effect (the route's override, else the filter's).
+    pub mode: ProcessingMode,
+    /// The request body as it goes through this processor.
+    pub request_body: crate::ext_proc_body::BodyState,
     stream: Option<(
         mpsc::Sender<ProcessingRequest>,
         tonic::Streaming<ProcessingResponse>,
@@ -103,9 +107,11 @@ pub(crate) fn response_headers(resp: &ResponseHeader) -> ProcessingRequest {
 }
 
 impl Conversation {
-    pub(crate) fn new(config: Arc<ExtProc>) -> Self {
+    pub(crate) fn new(config: Arc<ExtProc>, mode: ProcessingMode) -> Self {
         Self {
             config,
+            mode,
+            request_body: Default::default(),
             stream: None,
         }
     }
@@ -166,7 +172,7 @@ pub(crate) fn outcome(
     }
 }
 
-fn continued(
+pub(crate) fn continued(
     r: Option<sentinel_proto::pb::envoy::service::ext_proc::v3::CommonResponse>,
 ) -> Outcome {
     let r = r.unwrap_or_default();

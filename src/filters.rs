@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use pingora_http::RequestHeader;
 use pingora_http::ResponseHeader;
-use sentinel_xds::config::ext_proc::{ExtProc, ExtProcPerRoute};
+use sentinel_xds::config::ext_proc::{BodyMode, ExtProc, ExtProcPerRoute};
 use sentinel_xds::config::hcm::HttpFilter;
 use sentinel_xds::config::local_ratelimit::{LocalRateLimit, TokenBucket, VhRateLimits};
 use sentinel_xds::config::ratelimit::RateLimitFilter;
@@ -125,15 +125,9 @@ impl HttpHandler {
                 _ => {}
             }
         }
-        let mut conv = ext_proc::Conversation::new(config.clone());
+        let mut conv = ext_proc::Conversation::new(config.clone(), mode);
+        let end = ctx.request_end_of_stream;
         if mode.request_headers {
-            let end = req
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .is_some_and(|v| v == "0")
-                || (!req.headers.contains_key(http::header::CONTENT_LENGTH)
-                    && !req.headers.contains_key(http::header::TRANSFER_ENCODING)
-                    && req.version != http::Version::HTTP_2);
             let answer = conv
                 .exchange(&self.clusters, ext_proc::request_headers(req, end))
                 .await
@@ -163,7 +157,16 @@ impl HttpHandler {
                 Err(f) => return self.ext_proc_failure(config, f),
             }
         }
-        if mode.response_headers {
+        let body = mode.request_body != BodyMode::None && !end;
+        conv.request_body.done = !body;
+        if body {
+            conv.request_body.content_length = req
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+        }
+        if mode.response_headers || body {
             ctx.ext_proc.push(conv);
         }
         None
@@ -185,6 +188,9 @@ impl HttpHandler {
     pub(crate) async fn ext_proc_response(&self, resp: &mut ResponseHeader, ctx: &mut Ctx) {
         let mut convs = std::mem::take(&mut ctx.ext_proc);
         for conv in convs.iter_mut().rev() {
+            if !conv.mode.response_headers {
+                continue;
+            }
             let config = conv.config.clone();
             let answer = conv
                 .exchange(&self.clusters, ext_proc::response_headers(resp))

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cli;
 mod ext_proc;
+mod ext_proc_body;
 mod filters;
 mod headers;
 pub mod listeners;

@@ -325,6 +325,7 @@ impl ListenerManager {
                 snapshots: shared.snapshots.clone(),
                 clusters: shared.clusters.clone(),
                 local_cluster: shared.local_cluster.clone(),
+                buffer_limit: l.buffer_limit,
                 drain,
             };
             Arc::new(ChainApp::new(&shared.conf, handler, fc.hcm.codec))

@@ -1,10 +1,12 @@
 //! `envoy.filters.http.ext_proc`: an external processor (WAF, auth, guardrails) that sees
 //! and may change each request's and response's headers over one gRPC stream per request.
 //!
-//! Supported: header processing (SEND/SKIP, both directions), header mutations under
+//! Supported: header processing (SEND/SKIP, both directions), request body processing
+//! (STREAMED, BUFFERED, BUFFERED_PARTIAL) with body mutations, header mutations under
 //! `mutation_rules`, immediate responses, `message_timeout`, `failure_mode_allow`, and the
-//! per-route `ExtProcPerRoute` (disabled, or another processing mode). Body and trailer
-//! processing are refused with a NACK until they are implemented.
+//! per-route `ExtProcPerRoute` (disabled, or another processing mode). Response body
+//! processing, FULL_DUPLEX_STREAMED and trailer processing are refused with a NACK until they
+//! are implemented.
 
 use std::time::Duration;
 
@@ -19,11 +21,42 @@ use super::{duration, ConfigError, Result};
 pub const TYPE: &str = "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor";
 pub const PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute";
 
+/// How a body goes to the processor (`ProcessingMode.BodySendMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyMode {
+    /// Not sent.
+    #[default]
+    None,
+    /// Each chunk as it arrives; the request goes upstream without `content-length`.
+    Streamed,
+    /// The whole body in one message, within the connection's buffer limit.
+    Buffered,
+    /// One message with the body up to the buffer limit; the rest passes unprocessed.
+    BufferedPartial,
+}
+
+impl BodyMode {
+    fn from_proto(v: i32, path: &str) -> Result<Self> {
+        match v {
+            0 => Ok(Self::None),
+            1 => Ok(Self::Streamed),
+            2 => Ok(Self::Buffered),
+            3 => Ok(Self::BufferedPartial),
+            4 => Err(ConfigError::new(
+                path,
+                "FULL_DUPLEX_STREAMED is not supported yet",
+            )),
+            _ => Err(ConfigError::new(path, format!("unknown body mode {v}"))),
+        }
+    }
+}
+
 /// Which parts go to the processor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessingMode {
     pub request_headers: bool,
     pub response_headers: bool,
+    pub request_body: BodyMode,
 }
 
 impl ProcessingMode {
@@ -32,16 +65,19 @@ impl ProcessingMode {
             return Ok(Self {
                 request_headers: true,
                 response_headers: true,
+                request_body: BodyMode::None,
             });
         };
         // HeaderSendMode: DEFAULT (0) and SEND (1) send, SKIP (2) skips.
         let send = |v: i32| v != 2;
-        if m.request_body_mode != 0 || m.response_body_mode != 0 {
+        if m.response_body_mode != 0 {
             return Err(ConfigError::new(
-                path,
-                "body processing modes are not supported yet (only NONE)",
+                format!("{path}.response_body_mode"),
+                "response body processing is not supported yet (only NONE)",
             ));
         }
+        let request_body =
+            BodyMode::from_proto(m.request_body_mode, &format!("{path}.request_body_mode"))?;
         if m.request_trailer_mode == 1 || m.response_trailer_mode == 1 {
             return Err(ConfigError::new(
                 path,
@@ -51,6 +87,7 @@ impl ProcessingMode {
         Ok(Self {
             request_headers: send(m.request_header_mode),
             response_headers: send(m.response_header_mode),
+            request_body,
         })
     }
 }
@@ -208,5 +245,41 @@ impl ExtProcPerRoute {
                 "disabled: true or overrides is required",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(request_body: i32, response_body: i32, trailer: i32) -> pb::ProcessingMode {
+        pb::ProcessingMode {
+            request_body_mode: request_body,
+            response_body_mode: response_body,
+            request_trailer_mode: trailer,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn request_body_modes_are_read_and_the_rest_refused() {
+        let read = |m| ProcessingMode::from_proto(Some(&m), "processing_mode");
+        assert_eq!(read(mode(0, 0, 0)).unwrap().request_body, BodyMode::None);
+        assert_eq!(
+            read(mode(1, 0, 0)).unwrap().request_body,
+            BodyMode::Streamed
+        );
+        assert_eq!(
+            read(mode(2, 0, 0)).unwrap().request_body,
+            BodyMode::Buffered
+        );
+        assert_eq!(
+            read(mode(3, 0, 0)).unwrap().request_body,
+            BodyMode::BufferedPartial
+        );
+        let refused = |m| read(m).unwrap_err().to_string();
+        assert!(refused(mode(4, 0, 0)).contains("request_body_mode"));
+        assert!(refused(mode(0, 2, 0)).contains("response_body_mode"));
+        assert!(refused(mode(0, 0, 1)).contains("trailer"));
     }
 }
