@@ -116,6 +116,20 @@ impl Conversation {
         }
     }
 
+    /// Takes the processor's `mode_override` from an answer to headers, when the filter has
+    /// `allow_mode_override` (as Envoy: the new mode applies to the rest of the request and
+    /// to the response). An override asking for a mode Sentinel does not implement (response
+    /// body, FULL_DUPLEX_STREAMED, trailers) is ignored whole and logged.
+    pub(crate) fn mode_override(&mut self, mut resp: ProcessingResponse) -> ProcessingResponse {
+        if let (true, Some(m)) = (self.config.allow_mode_override, resp.mode_override.take()) {
+            match ProcessingMode::overridden(&m) {
+                Ok(mode) => self.mode = mode,
+                Err(e) => tracing::warn!("ext_proc: mode_override ignored: {e}"),
+            }
+        }
+        resp
+    }
+
     /// Sends one message and waits (at most `message_timeout`) for its answer.
     pub(crate) async fn exchange(
         &mut self,

@@ -131,6 +131,7 @@ impl HttpHandler {
             let answer = conv
                 .exchange(&self.clusters, ext_proc::request_headers(req, end))
                 .await
+                .map(|r| conv.mode_override(r))
                 .and_then(|r| ext_proc::outcome(r, true, config));
             match answer {
                 Ok(Outcome::Immediate(i)) => return Some(ext_proc::immediate_reply(i)),
@@ -157,6 +158,7 @@ impl HttpHandler {
                 Err(f) => return self.ext_proc_failure(config, f),
             }
         }
+        let mode = conv.mode;
         let body = mode.request_body != BodyMode::None && !end;
         conv.request_body.done = !body;
         if body {
@@ -195,6 +197,7 @@ impl HttpHandler {
             let answer = conv
                 .exchange(&self.clusters, ext_proc::response_headers(resp))
                 .await
+                .map(|r| conv.mode_override(r))
                 .and_then(|r| ext_proc::outcome(r, false, &config));
             let failure = match answer {
                 Ok(Outcome::Continue {

@@ -151,6 +151,10 @@ pub struct ExtProcAnswer {
     /// `x-proc-body` is left out past 1 KiB.
     #[serde(default)]
     pub report: bool,
+    /// Headers answers: a `mode_override`, by ProcessingMode field name and enum value name
+    /// (`request_body_mode: BUFFERED`).
+    #[serde(default)]
+    pub mode_override: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

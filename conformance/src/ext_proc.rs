@@ -1,9 +1,11 @@
 //! A scripted ext_proc server for cases: answers request and response headers as the case's
 //! `ext_proc` script says (mutations, immediate responses, delays).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sentinel_proto::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use sentinel_proto::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
 use sentinel_proto::pb::envoy::r#type::v3::HttpStatus;
 use sentinel_proto::pb::envoy::service::ext_proc::v3::{
     body_mutation,
@@ -65,6 +67,38 @@ impl Seen {
         }
         out
     }
+}
+
+/// A `mode_override` from field and value names; unknown names are left at their default.
+fn mode_override(fields: &BTreeMap<String, String>) -> Option<ProcessingMode> {
+    if fields.is_empty() {
+        return None;
+    }
+    let header = |v: &str| match v {
+        "SEND" => 1,
+        "SKIP" => 2,
+        _ => 0,
+    };
+    let body = |v: &str| match v {
+        "STREAMED" => 1,
+        "BUFFERED" => 2,
+        "BUFFERED_PARTIAL" => 3,
+        "FULL_DUPLEX_STREAMED" => 4,
+        _ => 0,
+    };
+    let mut m = ProcessingMode::default();
+    for (k, v) in fields {
+        match k.as_str() {
+            "request_header_mode" => m.request_header_mode = header(v),
+            "response_header_mode" => m.response_header_mode = header(v),
+            "request_trailer_mode" => m.request_trailer_mode = header(v),
+            "response_trailer_mode" => m.response_trailer_mode = header(v),
+            "request_body_mode" => m.request_body_mode = body(v),
+            "response_body_mode" => m.response_body_mode = body(v),
+            _ => {}
+        }
+    }
+    Some(m)
 }
 
 /// Which message an answer replies to.
@@ -140,27 +174,30 @@ impl ExternalProcessor for Scripted {
         tokio::spawn(async move {
             let mut seen = Seen::default();
             while let Ok(Some(msg)) = inbound.message().await {
-                let response = match &msg.request {
+                let (response, answer) = match &msg.request {
                     Some(Request::RequestHeaders(h)) => {
                         seen.request_eos = Some(h.end_of_stream);
                         let path = pseudo(h, ":path").unwrap_or_default();
                         let path = path.split('?').next().unwrap_or_default();
                         let answer = script.paths.get(path).unwrap_or(&script.request);
-                        reply(answer, Phase::RequestHeaders, &seen).await
+                        (reply(answer, Phase::RequestHeaders, &seen).await, answer)
                     }
                     Some(Request::RequestBody(b)) => {
                         seen.body.extend_from_slice(&b.body);
                         seen.body_eos = Some(b.end_of_stream);
                         seen.body_msgs += 1;
-                        reply(&script.request_body, Phase::RequestBody, &seen).await
+                        let answer = &script.request_body;
+                        (reply(answer, Phase::RequestBody, &seen).await, answer)
                     }
                     Some(Request::ResponseHeaders(_)) => {
-                        reply(&script.response, Phase::ResponseHeaders, &seen).await
+                        let answer = &script.response;
+                        (reply(answer, Phase::ResponseHeaders, &seen).await, answer)
                     }
                     _ => continue,
                 };
                 let msg = ProcessingResponse {
                     response: Some(response),
+                    mode_override: mode_override(&answer.mode_override),
                     ..Default::default()
                 };
                 if tx.send(Ok(msg)).await.is_err() {

@@ -60,6 +60,11 @@ pub struct ProcessingMode {
 }
 
 impl ProcessingMode {
+    /// A processor's `mode_override`; an error when it asks for a mode not implemented.
+    pub fn overridden(m: &pb::ProcessingMode) -> Result<Self> {
+        Self::from_proto(Some(m), "mode_override")
+    }
+
     fn from_proto(m: Option<&pb::ProcessingMode>, path: &str) -> Result<Self> {
         let Some(m) = m else {
             return Ok(Self {
