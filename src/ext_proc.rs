@@ -41,6 +41,8 @@ pub(crate) struct Conversation {
     pub mode: ProcessingMode,
     /// The request body as it goes through this processor.
     pub request_body: crate::ext_proc_body::BodyState,
+    /// The stream of an `observability_mode` conversation.
+    pub(crate) observer: Option<crate::ext_proc_observe::Observer>,
     stream: Option<(
         mpsc::Sender<ProcessingRequest>,
         tonic::Streaming<ProcessingResponse>,
@@ -112,6 +114,7 @@ impl Conversation {
             config,
             mode,
             request_body: Default::default(),
+            observer: None,
             stream: None,
         }
     }

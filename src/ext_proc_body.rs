@@ -154,6 +154,19 @@ impl HttpHandler {
         if mode == BodyMode::None || conv.request_body.done {
             return Ok(data);
         }
+        if conv.config.observability_mode {
+            // Only STREAMED bodies are sent in this mode; the data goes on unchanged.
+            if mode == BodyMode::Streamed && (!data.is_empty() || end) {
+                let msg = body_message(data.clone(), end);
+                if let (Err(f), false) = (
+                    conv.observe(&self.clusters, msg).await,
+                    conv.config.failure_mode_allow,
+                ) {
+                    return Err(failure_reply(f));
+                }
+            }
+            return Ok(data);
+        }
         let limit = self.buffer_limit as usize;
         let (message, eos) = match mode {
             BodyMode::None => unreachable!("checked above"),

@@ -127,7 +127,14 @@ impl HttpHandler {
         }
         let mut conv = ext_proc::Conversation::new(config.clone(), mode);
         let end = ctx.request_end_of_stream;
-        if mode.request_headers {
+        if config.observability_mode {
+            if mode.request_headers {
+                let msg = ext_proc::request_headers(req, end);
+                if let Err(f) = conv.observe(&self.clusters, msg).await {
+                    return self.ext_proc_failure(config, f);
+                }
+            }
+        } else if mode.request_headers {
             let answer = conv
                 .exchange(&self.clusters, ext_proc::request_headers(req, end))
                 .await
@@ -194,6 +201,17 @@ impl HttpHandler {
                 continue;
             }
             let config = conv.config.clone();
+            if config.observability_mode {
+                let msg = ext_proc::response_headers(resp);
+                if let (Err(f), false) = (
+                    conv.observe(&self.clusters, msg).await,
+                    config.failure_mode_allow,
+                ) {
+                    replace_response(resp, ctx, f.status(), String::new(), vec![]);
+                    return;
+                }
+                continue;
+            }
             let answer = conv
                 .exchange(&self.clusters, ext_proc::response_headers(resp))
                 .await

@@ -110,6 +110,11 @@ impl ExternalProcessor for BodyProcessor {
 /// A proxy whose ext_proc filter sends request bodies as `mode` says, a recording upstream,
 /// and the processor.
 async fn setup(mode: &str) -> (Running, SocketAddr, Seen, BodyProcessor) {
+    setup_with(mode, "").await
+}
+
+/// Like [`setup`], with more ExternalProcessor fields (`, key: value`).
+async fn setup_with(mode: &str, extra: &str) -> (Running, SocketAddr, Seen, BodyProcessor) {
     let (up, seen) = scripted_upstream("up", |_| 200).await;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proc_addr = l.local_addr().unwrap();
@@ -125,7 +130,7 @@ async fn setup(mode: &str) -> (Running, SocketAddr, Seen, BodyProcessor) {
         h2_cluster("proc", proc_addr)
     );
     let hcm = format!(
-        r#"http_filters: [ {{ name: envoy.filters.http.ext_proc, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor, grpc_service: {{ envoy_grpc: {{ cluster_name: proc }} }}, message_timeout: 1s, processing_mode: {{ request_body_mode: {mode} }} }} }}, {{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }} ]"#
+        r#"http_filters: [ {{ name: envoy.filters.http.ext_proc, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor, grpc_service: {{ envoy_grpc: {{ cluster_name: proc }} }}, message_timeout: 1s, processing_mode: {{ request_body_mode: {mode} }}{extra} }} }}, {{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }} ]"#
     );
     let (running, addr) = static_proxy_with(
         &hcm,
@@ -203,4 +208,25 @@ async fn buffered_partial_processes_the_first_part_only() {
     // The `!` follows the processed part; the rest comes after it, unprocessed.
     let (head, tail) = big.split_at(chunks[0].0);
     assert_eq!(upstream_bodies(&seen), [format!("{head}!{tail}")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observability_mode_sends_the_body_and_ignores_the_answers() {
+    let (_p, addr, seen, p) = setup_with("STREAMED", ", observability_mode: true").await;
+    let (s, _, _) = send(addr, "POST", "/deny", "hello").await.unwrap();
+    assert_eq!(s, 200, "the immediate response is ignored");
+    let (s, _, _) = send(addr, "POST", "/grow", "hello").await.unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(
+        upstream_bodies(&seen),
+        ["hello", "hello"],
+        "no mutation applies"
+    );
+    // The processor got every body (its answers come after the request went on).
+    let got = eventually("the processor saw both bodies", async || {
+        let b = p.bodies.lock().unwrap().clone();
+        (b.iter().map(|c| c.0).sum::<usize>() == 10).then_some(b)
+    })
+    .await;
+    assert!(got.iter().filter(|c| c.1).count() == 2, "{got:?}");
 }

@@ -3,8 +3,9 @@
 //!
 //! Supported: header processing (SEND/SKIP, both directions), request body processing
 //! (STREAMED, BUFFERED, BUFFERED_PARTIAL) with body mutations, header mutations under
-//! `mutation_rules`, immediate responses, `message_timeout`, `failure_mode_allow`, and the
-//! per-route `ExtProcPerRoute` (disabled, or another processing mode). Response body
+//! `mutation_rules`, immediate responses, `message_timeout`, `failure_mode_allow`,
+//! `allow_mode_override`, `observability_mode`, and the per-route `ExtProcPerRoute`
+//! (disabled, or another processing mode). Response body
 //! processing, FULL_DUPLEX_STREAMED and trailer processing are refused with a NACK until they
 //! are implemented.
 
@@ -173,6 +174,8 @@ pub struct ExtProc {
     pub mutation_rules: MutationRules,
     pub allow_mode_override: bool,
     pub disable_immediate_response: bool,
+    /// Send and go: messages go without waiting and answers are ignored.
+    pub observability_mode: bool,
 }
 
 fn cluster_of(g: Option<&core_pb::GrpcService>, path: &str) -> Result<String> {
@@ -191,9 +194,6 @@ fn cluster_of(g: Option<&core_pb::GrpcService>, path: &str) -> Result<String> {
 
 impl ExtProc {
     pub fn from_proto(c: &pb::ExternalProcessor) -> Result<Self> {
-        if c.observability_mode {
-            return Err(ConfigError::new("observability_mode", "not supported yet"));
-        }
         Ok(Self {
             cluster: cluster_of(c.grpc_service.as_ref(), "grpc_service")?,
             failure_mode_allow: c.failure_mode_allow,
@@ -213,6 +213,7 @@ impl ExtProc {
                 .unwrap_or_default(),
             allow_mode_override: c.allow_mode_override,
             disable_immediate_response: c.disable_immediate_response,
+            observability_mode: c.observability_mode,
         })
     }
 }
