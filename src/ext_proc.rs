@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::filters::FilterReply;
 use crate::headers::Headers;
+use crate::stats::ExtProcStats;
 use crate::upstream::ClusterManager;
 
 /// Why talking to the processor failed: Envoy answers 504 for a timeout, 500 otherwise.
@@ -43,6 +44,7 @@ pub(crate) struct Conversation {
     pub request_body: crate::ext_proc_body::BodyState,
     /// The stream of an `observability_mode` conversation.
     pub(crate) observer: Option<crate::ext_proc_observe::Observer>,
+    pub stats: Arc<ExtProcStats>,
     stream: Option<(
         mpsc::Sender<ProcessingRequest>,
         tonic::Streaming<ProcessingResponse>,
@@ -109,10 +111,15 @@ pub(crate) fn response_headers(resp: &ResponseHeader) -> ProcessingRequest {
 }
 
 impl Conversation {
-    pub(crate) fn new(config: Arc<ExtProc>, mode: ProcessingMode) -> Self {
+    pub(crate) fn new(
+        config: Arc<ExtProc>,
+        mode: ProcessingMode,
+        stats: Arc<ExtProcStats>,
+    ) -> Self {
         Self {
             config,
             mode,
+            stats,
             request_body: Default::default(),
             observer: None,
             stream: None,
@@ -140,10 +147,12 @@ impl Conversation {
         msg: ProcessingRequest,
     ) -> Result<ProcessingResponse, Failure> {
         let timeout = self.config.message_timeout;
+        let stats = self.stats.clone();
         let work = async {
             match &mut self.stream {
                 Some((tx, _)) => tx.send(msg).await.map_err(|_| Failure::Error)?,
                 None => {
+                    stats.streams_started.inc();
                     let host = clusters
                         .get(&self.config.cluster)
                         .and_then(|c| c.pick())
@@ -158,17 +167,38 @@ impl Conversation {
                     self.stream = Some((tx, responses));
                 }
             }
+            stats.stream_msgs_sent.inc();
             let (_, responses) = self.stream.as_mut().expect("opened above");
-            responses
+            let answer = responses
                 .message()
                 .await
                 .ok()
                 .flatten()
-                .ok_or(Failure::Error)
+                .ok_or(Failure::Error)?;
+            stats.stream_msgs_received.inc();
+            Ok(answer)
         };
-        tokio::time::timeout(timeout, work)
+        let result = tokio::time::timeout(timeout, work)
             .await
-            .unwrap_or(Err(Failure::Timeout))
+            .unwrap_or(Err(Failure::Timeout));
+        match result {
+            Err(Failure::Timeout) => self.stats.message_timeouts.inc(),
+            Err(Failure::Error) => {
+                self.stats.streams_failed.inc();
+                // A failed stream is not closed normally.
+                self.stream = None;
+            }
+            Ok(_) => {}
+        }
+        result
+    }
+}
+
+impl Drop for Conversation {
+    fn drop(&mut self) {
+        if self.stream.is_some() || self.observer.is_some() {
+            self.stats.streams_closed.inc();
+        }
     }
 }
 
@@ -212,9 +242,11 @@ pub(crate) fn apply(
     mutation: &HeaderMutation,
     rules: &MutationRules,
     target: &mut impl Headers,
+    stats: &ExtProcStats,
 ) -> Result<Vec<(String, String)>, Failure> {
     let mut pseudo = Vec::new();
     let refuse = || {
+        stats.rejected_header_mutations.inc();
         if rules.disallow_is_error {
             Err(Failure::Error)
         } else {

@@ -158,11 +158,11 @@ impl HttpHandler {
             // Only STREAMED bodies are sent in this mode; the data goes on unchanged.
             if mode == BodyMode::Streamed && (!data.is_empty() || end) {
                 let msg = body_message(data.clone(), end);
-                if let (Err(f), false) = (
-                    conv.observe(&self.clusters, msg).await,
-                    conv.config.failure_mode_allow,
-                ) {
-                    return Err(failure_reply(f));
+                if let Err(f) = conv.observe(&self.clusters, msg).await {
+                    if !conv.config.failure_mode_allow {
+                        return Err(failure_reply(f));
+                    }
+                    conv.stats.failure_mode_allowed.inc();
                 }
             }
             return Ok(data);
@@ -212,10 +212,14 @@ impl HttpHandler {
                 }
                 Ok(out)
             }
-            Err(Answer::Immediate(r)) => Err(Stop::Reply(r)),
+            Err(Answer::Immediate(r)) => {
+                conv.stats.immediate_responses_sent.inc();
+                Err(Stop::Reply(r))
+            }
             Err(Answer::Failed(f)) => {
                 tracing::debug!("ext_proc failed on the request body: {f:?}");
                 if config.failure_mode_allow {
+                    conv.stats.failure_mode_allowed.inc();
                     conv.request_body.done = true;
                     Ok(message)
                 } else {

@@ -40,8 +40,11 @@ impl Conversation {
         msg: ProcessingRequest,
     ) -> Result<(), Failure> {
         if let Some(o) = &self.observer {
-            if o.tx.try_send(msg).is_err() {
-                tracing::debug!("ext_proc observability: processor too slow, message dropped");
+            match o.tx.try_send(msg) {
+                Ok(()) => self.stats.stream_msgs_sent.inc(),
+                Err(_) => {
+                    tracing::debug!("ext_proc observability: processor too slow, message dropped")
+                }
             }
             return Ok(());
         }
@@ -51,6 +54,9 @@ impl Conversation {
             .ok_or(Failure::Error)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         tx.try_send(msg).map_err(|_| Failure::Error)?;
+        self.stats.streams_started.inc();
+        self.stats.stream_msgs_sent.inc();
+        let stats = self.stats.clone();
         let (opened_tx, opened_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let channel = host.grpc_channel();
@@ -63,6 +69,7 @@ impl Conversation {
                     r.into_inner()
                 }
                 Err(_) => {
+                    stats.streams_failed.inc();
                     let _ = opened_tx.send(false);
                     return;
                 }
@@ -74,9 +81,14 @@ impl Conversation {
                         if !matches!(m, Ok(Some(_))) {
                             return;
                         }
+                        stats.stream_msgs_received.inc();
                     }
                     _ = &mut done => {
-                        let drain = async { while let Ok(Some(_)) = answers.message().await {} };
+                        let drain = async {
+                            while let Ok(Some(_)) = answers.message().await {
+                                stats.stream_msgs_received.inc();
+                            }
+                        };
                         let _ = tokio::time::timeout(DEFERRED_CLOSE, drain).await;
                         return;
                     }

@@ -125,13 +125,14 @@ impl HttpHandler {
                 _ => {}
             }
         }
-        let mut conv = ext_proc::Conversation::new(config.clone(), mode);
+        let stats = self.ext_proc_stats.get(name).cloned().unwrap_or_default();
+        let mut conv = ext_proc::Conversation::new(config.clone(), mode, stats);
         let end = ctx.request_end_of_stream;
         if config.observability_mode {
             if mode.request_headers {
                 let msg = ext_proc::request_headers(req, end);
                 if let Err(f) = conv.observe(&self.clusters, msg).await {
-                    return self.ext_proc_failure(config, f);
+                    return self.ext_proc_failure(&conv, f);
                 }
             }
         } else if mode.request_headers {
@@ -141,13 +142,16 @@ impl HttpHandler {
                 .map(|r| conv.mode_override(r))
                 .and_then(|r| ext_proc::outcome(r, true, config));
             match answer {
-                Ok(Outcome::Immediate(i)) => return Some(ext_proc::immediate_reply(i)),
+                Ok(Outcome::Immediate(i)) => {
+                    conv.stats.immediate_responses_sent.inc();
+                    return Some(ext_proc::immediate_reply(i));
+                }
                 Ok(Outcome::Continue {
                     mutation,
                     clear_route_cache,
                 }) => {
                     if let Some(m) = mutation {
-                        match ext_proc::apply(&m, &config.mutation_rules, req) {
+                        match ext_proc::apply(&m, &config.mutation_rules, req, &conv.stats) {
                             Ok(pseudo) => {
                                 for (k, v) in pseudo {
                                     if k == ":path" {
@@ -157,12 +161,12 @@ impl HttpHandler {
                                     }
                                 }
                             }
-                            Err(f) => return self.ext_proc_failure(config, f),
+                            Err(f) => return self.ext_proc_failure(&conv, f),
                         }
                     }
                     ctx.clear_route_cache |= clear_route_cache;
                 }
-                Err(f) => return self.ext_proc_failure(config, f),
+                Err(f) => return self.ext_proc_failure(&conv, f),
             }
         }
         let mode = conv.mode;
@@ -182,9 +186,16 @@ impl HttpHandler {
     }
 
     /// A processor that failed: pass the request on, or answer 504/500 (`failure_mode_allow`).
-    fn ext_proc_failure(&self, config: &ExtProc, f: ext_proc::Failure) -> Option<FilterReply> {
+    fn ext_proc_failure(
+        &self,
+        conv: &ext_proc::Conversation,
+        f: ext_proc::Failure,
+    ) -> Option<FilterReply> {
         tracing::debug!("ext_proc failed: {f:?}");
-        (!config.failure_mode_allow).then(|| FilterReply {
+        if conv.config.failure_mode_allow {
+            conv.stats.failure_mode_allowed.inc();
+        }
+        (!conv.config.failure_mode_allow).then(|| FilterReply {
             status: f.status(),
             body: String::new(),
             headers: vec![],
@@ -203,12 +214,13 @@ impl HttpHandler {
             let config = conv.config.clone();
             if config.observability_mode {
                 let msg = ext_proc::response_headers(resp);
-                if let (Err(f), false) = (
-                    conv.observe(&self.clusters, msg).await,
-                    config.failure_mode_allow,
-                ) {
-                    replace_response(resp, ctx, f.status(), String::new(), vec![]);
-                    return;
+                if let Err(f) = conv.observe(&self.clusters, msg).await {
+                    if config.failure_mode_allow {
+                        conv.stats.failure_mode_allowed.inc();
+                    } else {
+                        replace_response(resp, ctx, f.status(), String::new(), vec![]);
+                        return;
+                    }
                 }
                 continue;
             }
@@ -220,7 +232,7 @@ impl HttpHandler {
             let failure = match answer {
                 Ok(Outcome::Continue {
                     mutation: Some(m), ..
-                }) => match ext_proc::apply(&m, &config.mutation_rules, resp) {
+                }) => match ext_proc::apply(&m, &config.mutation_rules, resp, &conv.stats) {
                     Ok(pseudo) => {
                         for (k, v) in pseudo {
                             if let (":status", Ok(code)) = (k.as_str(), v.parse::<u16>()) {
@@ -233,15 +245,20 @@ impl HttpHandler {
                 },
                 Ok(Outcome::Continue { mutation: None, .. }) => None,
                 Ok(Outcome::Immediate(i)) => {
+                    conv.stats.immediate_responses_sent.inc();
                     let reply = ext_proc::immediate_reply(i);
                     replace_response(resp, ctx, reply.status, reply.body, reply.headers);
                     return;
                 }
                 Err(f) => Some(f),
             };
-            if let (Some(f), false) = (failure, config.failure_mode_allow) {
-                replace_response(resp, ctx, f.status(), String::new(), vec![]);
-                return;
+            match (failure, config.failure_mode_allow) {
+                (Some(_), true) => conv.stats.failure_mode_allowed.inc(),
+                (Some(f), false) => {
+                    replace_response(resp, ctx, f.status(), String::new(), vec![]);
+                    return;
+                }
+                (None, _) => {}
             }
         }
     }

@@ -44,6 +44,8 @@ pub struct HttpHandler {
     pub local_cluster: Arc<str>,
     /// The listener's `per_connection_buffer_limit_bytes`: the most a filter buffers.
     pub buffer_limit: u32,
+    /// Each ext_proc filter's stats, by filter name.
+    pub ext_proc_stats: Arc<std::collections::HashMap<String, Arc<crate::stats::ExtProcStats>>>,
 }
 
 /// What a draining listener version keeps: Envoy keeps the route configuration a draining

@@ -230,3 +230,32 @@ async fn observability_mode_sends_the_body_and_ignores_the_answers() {
     .await;
     assert!(got.iter().filter(|c| c.1).count() == 2, "{got:?}");
 }
+
+/// Envoy 1.40's counters for the same exchanges (two bodies and a GET, BUFFERED): 3 streams
+/// started and closed, 8 messages each way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_streams_and_messages_as_envoy() {
+    let (p, addr, _, _) = setup_with("BUFFERED", ", stat_prefix: myproc").await;
+    assert_eq!(send(addr, "POST", "/same", "hello").await.unwrap().0, 200);
+    assert_eq!(send(addr, "POST", "/x", "hello").await.unwrap().0, 200);
+    assert_eq!(get(addr, "/x").await.unwrap().0, 200);
+    let want = [
+        "http.t.ext_proc.myproc.streams_started: 3\n",
+        "http.t.ext_proc.myproc.streams_closed: 3\n",
+        "http.t.ext_proc.myproc.stream_msgs_sent: 8\n",
+        "http.t.ext_proc.myproc.stream_msgs_received: 8\n",
+        "http.t.ext_proc.myproc.streams_failed: 0\n",
+        "http.t.ext_proc.myproc.message_timeouts: 0\n",
+    ];
+    eventually("ext_proc stats as Envoy's", async || {
+        let (_, text) = admin(&p, "/stats").await;
+        want.iter().all(|w| text.contains(w)).then_some(())
+    })
+    .await;
+    assert_eq!(send(addr, "POST", "/deny", "hello").await.unwrap().0, 403);
+    let (_, text) = admin(&p, "/stats").await;
+    assert!(
+        text.contains("http.t.ext_proc.myproc.immediate_responses_sent: 1\n"),
+        "{text}"
+    );
+}

@@ -176,6 +176,8 @@ pub struct ExtProc {
     pub disable_immediate_response: bool,
     /// Send and go: messages go without waiting and answers are ignored.
     pub observability_mode: bool,
+    /// Its stats are `http.<hcm stat_prefix>.ext_proc.<stat_prefix>.*`.
+    pub stat_prefix: String,
 }
 
 fn cluster_of(g: Option<&core_pb::GrpcService>, path: &str) -> Result<String> {
@@ -214,6 +216,7 @@ impl ExtProc {
             allow_mode_override: c.allow_mode_override,
             disable_immediate_response: c.disable_immediate_response,
             observability_mode: c.observability_mode,
+            stat_prefix: c.stat_prefix.clone(),
         })
     }
 }
