@@ -24,13 +24,17 @@ use crate::upstream::ClusterManager;
 pub(crate) enum Failure {
     Timeout,
     Error,
+    /// The processor ended the stream (gRPC OK) instead of answering: as Envoy, the request
+    /// goes on unchanged and the processor gets no more messages.
+    Closed,
 }
 
 impl Failure {
     pub(crate) fn status(self) -> u16 {
         match self {
             Failure::Timeout => 504,
-            Failure::Error => 500,
+            // `Closed` is not a failure: callers go on without the processor.
+            Failure::Error | Failure::Closed => 500,
         }
     }
 }
@@ -45,6 +49,8 @@ pub(crate) struct Conversation {
     /// The stream of an `observability_mode` conversation.
     pub(crate) observer: Option<crate::ext_proc_observe::Observer>,
     pub stats: Arc<ExtProcStats>,
+    /// The processor ended the stream: it gets no more messages.
+    closed: bool,
     stream: Option<(
         mpsc::Sender<ProcessingRequest>,
         tonic::Streaming<ProcessingResponse>,
@@ -122,6 +128,7 @@ impl Conversation {
             stats,
             request_body: Default::default(),
             observer: None,
+            closed: false,
             stream: None,
         }
     }
@@ -146,6 +153,9 @@ impl Conversation {
         clusters: &ClusterManager,
         msg: ProcessingRequest,
     ) -> Result<ProcessingResponse, Failure> {
+        if self.closed {
+            return Err(Failure::Closed);
+        }
         let timeout = self.config.message_timeout;
         let stats = self.stats.clone();
         let work = async {
@@ -169,12 +179,11 @@ impl Conversation {
             }
             stats.stream_msgs_sent.inc();
             let (_, responses) = self.stream.as_mut().expect("opened above");
-            let answer = responses
-                .message()
-                .await
-                .ok()
-                .flatten()
-                .ok_or(Failure::Error)?;
+            let answer = match responses.message().await {
+                Ok(Some(a)) => a,
+                Ok(None) => return Err(Failure::Closed),
+                Err(_) => return Err(Failure::Error),
+            };
             stats.stream_msgs_received.inc();
             Ok(answer)
         };
@@ -188,6 +197,7 @@ impl Conversation {
                 // A failed stream is not closed normally.
                 self.stream = None;
             }
+            Err(Failure::Closed) => self.closed = true,
             Ok(_) => {}
         }
         result

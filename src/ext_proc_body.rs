@@ -216,6 +216,11 @@ impl HttpHandler {
                 conv.stats.immediate_responses_sent.inc();
                 Err(Stop::Reply(r))
             }
+            Err(Answer::Failed(Failure::Closed)) => {
+                // The processor is done with this request: the body goes on unchanged.
+                conv.request_body.done = true;
+                Ok(message)
+            }
             Err(Answer::Failed(f)) => {
                 tracing::debug!("ext_proc failed on the request body: {f:?}");
                 if config.failure_mode_allow {

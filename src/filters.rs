@@ -192,6 +192,9 @@ impl HttpHandler {
         f: ext_proc::Failure,
     ) -> Option<FilterReply> {
         tracing::debug!("ext_proc failed: {f:?}");
+        if f == ext_proc::Failure::Closed {
+            return None;
+        }
         if conv.config.failure_mode_allow {
             conv.stats.failure_mode_allowed.inc();
         }
@@ -253,6 +256,7 @@ impl HttpHandler {
                 Err(f) => Some(f),
             };
             match (failure, config.failure_mode_allow) {
+                (Some(ext_proc::Failure::Closed), _) => {}
                 (Some(_), true) => conv.stats.failure_mode_allowed.inc(),
                 (Some(f), false) => {
                     replace_response(resp, ctx, f.status(), String::new(), vec![]);

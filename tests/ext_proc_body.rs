@@ -14,7 +14,7 @@ use sentinel_proto::pb::envoy::service::ext_proc::v3::{
 use test_support::*;
 
 /// Per stream, by the request's `:path`: `/same` upper-cases the body, `/grow` appends `!` to
-/// every chunk, `/deny` answers the body with a 403. It records every body message it gets as
+/// every chunk, `/deny` answers the body with a 403, `/bye` ends the stream instead. It records every body message it gets as
 /// (length, end_of_stream).
 #[derive(Clone, Default)]
 struct BodyProcessor {
@@ -258,4 +258,12 @@ async fn stats_count_streams_and_messages_as_envoy() {
         text.contains("http.t.ext_proc.myproc.immediate_responses_sent: 1\n"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_that_ends_its_stream_lets_the_body_through() {
+    let (_p, addr, seen, _) = setup("BUFFERED").await;
+    let (s, _, _) = send(addr, "POST", "/bye", "hello").await.unwrap();
+    assert_eq!(s, 200, "ending the stream is not a failure (as Envoy)");
+    assert_eq!(upstream_bodies(&seen), ["hello"]);
 }

@@ -155,6 +155,13 @@ pub struct ExtProcAnswer {
     /// (`request_body_mode: BUFFERED`).
     #[serde(default)]
     pub mode_override: BTreeMap<String, String>,
+    /// Answer with the wrong kind of message (a response-headers answer to request headers
+    /// or to a body, a request-headers answer to response headers), as a confused processor.
+    #[serde(default)]
+    pub wrong_kind: bool,
+    /// End the stream (gRPC status OK) instead of answering, as a processor that gives up.
+    #[serde(default)]
+    pub close: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -146,6 +146,11 @@ async fn reply(answer: &ExtProcAnswer, phase: Phase, seen: &Seen) -> Response {
         clear_route_cache: answer.clear_route_cache,
         ..Default::default()
     };
+    let phase = match (answer.wrong_kind, phase) {
+        (false, p) => p,
+        (true, Phase::ResponseHeaders) => Phase::RequestHeaders,
+        (true, _) => Phase::ResponseHeaders,
+    };
     match phase {
         Phase::RequestHeaders => Response::RequestHeaders(HeadersResponse {
             response: Some(common),
@@ -195,6 +200,9 @@ impl ExternalProcessor for Scripted {
                     }
                     _ => continue,
                 };
+                if answer.close {
+                    return;
+                }
                 let msg = ProcessingResponse {
                     response: Some(response),
                     mode_override: mode_override(&answer.mode_override),
