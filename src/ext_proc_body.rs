@@ -41,6 +41,18 @@ pub(crate) struct BodyState {
     pub done: bool,
 }
 
+/// The processed request body sent so far, for retries. Pingora replays the downstream body
+/// it kept to the next attempt; the upstream must get what the processors made of it, and the
+/// processors must not see it twice (as Envoy, whose router retries after the filters).
+#[derive(Default)]
+pub(crate) struct Replay {
+    /// The attempt the body went to.
+    attempt: u32,
+    sent: BytesMut,
+    /// More was sent than is kept: no replay is possible.
+    truncated: bool,
+}
+
 /// Why a body cannot go on: the answer the client gets instead.
 enum Stop {
     Reply(FilterReply),
@@ -109,6 +121,28 @@ impl HttpHandler {
         end: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx
+            .ext_proc
+            .iter()
+            .all(|c| c.mode.request_body == BodyMode::None)
+        {
+            return Ok(());
+        }
+        let replay = &mut ctx.ext_proc_replay;
+        if replay.attempt == 0 {
+            replay.attempt = ctx.attempts;
+        } else if replay.attempt != ctx.attempts {
+            // A retry: Pingora replays the raw body read so far; send the processed one.
+            replay.attempt = ctx.attempts;
+            if replay.truncated {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(500),
+                    "the processed request body is too large to retry",
+                ));
+            }
+            *body = Some(replay.sent.clone().freeze());
+            return Ok(());
+        }
         let mut data = body.take().unwrap_or_default();
         let mut convs = std::mem::take(&mut ctx.ext_proc);
         let mut stop = None;
@@ -123,6 +157,12 @@ impl HttpHandler {
             }
         }
         ctx.ext_proc = convs;
+        let replay = &mut ctx.ext_proc_replay;
+        if replay.sent.len() + data.len() <= self.buffer_limit as usize {
+            replay.sent.extend_from_slice(&data);
+        } else {
+            replay.truncated = true;
+        }
         *body = Some(data);
         let Some(stop) = stop else {
             return Ok(());

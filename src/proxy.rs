@@ -97,6 +97,8 @@ pub struct Ctx {
     pub(crate) ext_proc: Vec<crate::ext_proc::Conversation>,
     /// The request has no body: its headers end the stream.
     pub(crate) request_end_of_stream: bool,
+    /// The request body as the ext_proc processors made it, kept for retries.
+    pub(crate) ext_proc_replay: crate::ext_proc_body::Replay,
     /// A processor asked to route again (`clear_route_cache`).
     pub(crate) clear_route_cache: bool,
     /// A body that replaces the upstream's (a processor's immediate response).
