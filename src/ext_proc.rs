@@ -11,11 +11,12 @@ use sentinel_proto::pb::envoy::service::ext_proc::v3::{
     external_processor_client::ExternalProcessorClient, processing_request, processing_response,
     HeaderMutation, HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse,
 };
-use sentinel_xds::config::ext_proc::{ExtProc, MutationRules};
+use sentinel_xds::config::ext_proc::{ExtProc, MutationRules, ProcessingMode};
 use tokio::sync::mpsc;
 
 use crate::filters::FilterReply;
 use crate::headers::Headers;
+use crate::stats::ExtProcStats;
 use crate::upstream::ClusterManager;
 
 /// Why talking to the processor failed: Envoy answers 504 for a timeout, 500 otherwise.
@@ -23,13 +24,17 @@ use crate::upstream::ClusterManager;
 pub(crate) enum Failure {
     Timeout,
     Error,
+    /// The processor ended the stream (gRPC OK) instead of answering: as Envoy, the request
+    /// goes on unchanged and the processor gets no more messages.
+    Closed,
 }
 
 impl Failure {
     pub(crate) fn status(self) -> u16 {
         match self {
             Failure::Timeout => 504,
-            Failure::Error => 500,
+            // `Closed` is not a failure: callers go on without the processor.
+            Failure::Error | Failure::Closed => 500,
         }
     }
 }
@@ -37,6 +42,15 @@ impl Failure {
 /// One request's conversation with one processor.
 pub(crate) struct Conversation {
     pub config: Arc<ExtProc>,
+    /// The processing mode in effect (the route's override, else the filter's).
+    pub mode: ProcessingMode,
+    /// The request body as it goes through this processor.
+    pub request_body: crate::ext_proc_body::BodyState,
+    /// The stream of an `observability_mode` conversation.
+    pub(crate) observer: Option<crate::ext_proc_observe::Observer>,
+    pub stats: Arc<ExtProcStats>,
+    /// The processor ended the stream: it gets no more messages.
+    closed: bool,
     stream: Option<(
         mpsc::Sender<ProcessingRequest>,
         tonic::Streaming<ProcessingResponse>,
@@ -103,11 +117,34 @@ pub(crate) fn response_headers(resp: &ResponseHeader) -> ProcessingRequest {
 }
 
 impl Conversation {
-    pub(crate) fn new(config: Arc<ExtProc>) -> Self {
+    pub(crate) fn new(
+        config: Arc<ExtProc>,
+        mode: ProcessingMode,
+        stats: Arc<ExtProcStats>,
+    ) -> Self {
         Self {
             config,
+            mode,
+            stats,
+            request_body: Default::default(),
+            observer: None,
+            closed: false,
             stream: None,
         }
+    }
+
+    /// Takes the processor's `mode_override` from an answer to headers, when the filter has
+    /// `allow_mode_override` (as Envoy: the new mode applies to the rest of the request and
+    /// to the response). An override asking for a mode Sentinel does not implement (response
+    /// body, FULL_DUPLEX_STREAMED, trailers) is ignored whole and logged.
+    pub(crate) fn mode_override(&mut self, mut resp: ProcessingResponse) -> ProcessingResponse {
+        if let (true, Some(m)) = (self.config.allow_mode_override, resp.mode_override.take()) {
+            match ProcessingMode::overridden(&m) {
+                Ok(mode) => self.mode = mode,
+                Err(e) => tracing::warn!("ext_proc: mode_override ignored: {e}"),
+            }
+        }
+        resp
     }
 
     /// Sends one message and waits (at most `message_timeout`) for its answer.
@@ -116,11 +153,16 @@ impl Conversation {
         clusters: &ClusterManager,
         msg: ProcessingRequest,
     ) -> Result<ProcessingResponse, Failure> {
+        if self.closed {
+            return Err(Failure::Closed);
+        }
         let timeout = self.config.message_timeout;
+        let stats = self.stats.clone();
         let work = async {
             match &mut self.stream {
                 Some((tx, _)) => tx.send(msg).await.map_err(|_| Failure::Error)?,
                 None => {
+                    stats.streams_started.inc();
                     let host = clusters
                         .get(&self.config.cluster)
                         .and_then(|c| c.pick())
@@ -135,17 +177,38 @@ impl Conversation {
                     self.stream = Some((tx, responses));
                 }
             }
+            stats.stream_msgs_sent.inc();
             let (_, responses) = self.stream.as_mut().expect("opened above");
-            responses
-                .message()
-                .await
-                .ok()
-                .flatten()
-                .ok_or(Failure::Error)
+            let answer = match responses.message().await {
+                Ok(Some(a)) => a,
+                Ok(None) => return Err(Failure::Closed),
+                Err(_) => return Err(Failure::Error),
+            };
+            stats.stream_msgs_received.inc();
+            Ok(answer)
         };
-        tokio::time::timeout(timeout, work)
+        let result = tokio::time::timeout(timeout, work)
             .await
-            .unwrap_or(Err(Failure::Timeout))
+            .unwrap_or(Err(Failure::Timeout));
+        match result {
+            Err(Failure::Timeout) => self.stats.message_timeouts.inc(),
+            Err(Failure::Error) => {
+                self.stats.streams_failed.inc();
+                // A failed stream is not closed normally.
+                self.stream = None;
+            }
+            Err(Failure::Closed) => self.closed = true,
+            Ok(_) => {}
+        }
+        result
+    }
+}
+
+impl Drop for Conversation {
+    fn drop(&mut self) {
+        if self.stream.is_some() || self.observer.is_some() {
+            self.stats.streams_closed.inc();
+        }
     }
 }
 
@@ -166,7 +229,7 @@ pub(crate) fn outcome(
     }
 }
 
-fn continued(
+pub(crate) fn continued(
     r: Option<sentinel_proto::pb::envoy::service::ext_proc::v3::CommonResponse>,
 ) -> Outcome {
     let r = r.unwrap_or_default();
@@ -189,9 +252,11 @@ pub(crate) fn apply(
     mutation: &HeaderMutation,
     rules: &MutationRules,
     target: &mut impl Headers,
+    stats: &ExtProcStats,
 ) -> Result<Vec<(String, String)>, Failure> {
     let mut pseudo = Vec::new();
     let refuse = || {
+        stats.rejected_header_mutations.inc();
         if rules.disallow_is_error {
             Err(Failure::Error)
         } else {

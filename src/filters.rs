@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use pingora_http::RequestHeader;
 use pingora_http::ResponseHeader;
-use sentinel_xds::config::ext_proc::{ExtProc, ExtProcPerRoute};
+use sentinel_xds::config::ext_proc::{BodyMode, ExtProc, ExtProcPerRoute};
 use sentinel_xds::config::hcm::HttpFilter;
 use sentinel_xds::config::local_ratelimit::{LocalRateLimit, TokenBucket, VhRateLimits};
 use sentinel_xds::config::ratelimit::{RateLimitFilter, RateLimitPerRoute, RateLimitRule};
@@ -146,27 +146,33 @@ impl HttpHandler {
                 _ => {}
             }
         }
-        let mut conv = ext_proc::Conversation::new(config.clone());
-        if mode.request_headers {
-            let end = req
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .is_some_and(|v| v == "0")
-                || (!req.headers.contains_key(http::header::CONTENT_LENGTH)
-                    && !req.headers.contains_key(http::header::TRANSFER_ENCODING)
-                    && req.version != http::Version::HTTP_2);
+        let stats = self.ext_proc_stats.get(name).cloned().unwrap_or_default();
+        let mut conv = ext_proc::Conversation::new(config.clone(), mode, stats);
+        let end = ctx.request_end_of_stream;
+        if config.observability_mode {
+            if mode.request_headers {
+                let msg = ext_proc::request_headers(req, end);
+                if let Err(f) = conv.observe(&self.clusters, msg).await {
+                    return self.ext_proc_failure(&conv, f);
+                }
+            }
+        } else if mode.request_headers {
             let answer = conv
                 .exchange(&self.clusters, ext_proc::request_headers(req, end))
                 .await
+                .map(|r| conv.mode_override(r))
                 .and_then(|r| ext_proc::outcome(r, true, config));
             match answer {
-                Ok(Outcome::Immediate(i)) => return Some(ext_proc::immediate_reply(i)),
+                Ok(Outcome::Immediate(i)) => {
+                    conv.stats.immediate_responses_sent.inc();
+                    return Some(ext_proc::immediate_reply(i));
+                }
                 Ok(Outcome::Continue {
                     mutation,
                     clear_route_cache,
                 }) => {
                     if let Some(m) = mutation {
-                        match ext_proc::apply(&m, &config.mutation_rules, req) {
+                        match ext_proc::apply(&m, &config.mutation_rules, req, &conv.stats) {
                             Ok(pseudo) => {
                                 for (k, v) in pseudo {
                                     if k == ":path" {
@@ -176,24 +182,44 @@ impl HttpHandler {
                                     }
                                 }
                             }
-                            Err(f) => return self.ext_proc_failure(config, f),
+                            Err(f) => return self.ext_proc_failure(&conv, f),
                         }
                     }
                     ctx.clear_route_cache |= clear_route_cache;
                 }
-                Err(f) => return self.ext_proc_failure(config, f),
+                Err(f) => return self.ext_proc_failure(&conv, f),
             }
         }
-        if mode.response_headers {
+        let mode = conv.mode;
+        let body = mode.request_body != BodyMode::None && !end;
+        conv.request_body.done = !body;
+        if body {
+            conv.request_body.content_length = req
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+        }
+        if mode.response_headers || body {
             ctx.ext_proc.push(conv);
         }
         None
     }
 
     /// A processor that failed: pass the request on, or answer 504/500 (`failure_mode_allow`).
-    fn ext_proc_failure(&self, config: &ExtProc, f: ext_proc::Failure) -> Option<FilterReply> {
+    fn ext_proc_failure(
+        &self,
+        conv: &ext_proc::Conversation,
+        f: ext_proc::Failure,
+    ) -> Option<FilterReply> {
         tracing::debug!("ext_proc failed: {f:?}");
-        (!config.failure_mode_allow).then(|| FilterReply {
+        if f == ext_proc::Failure::Closed {
+            return None;
+        }
+        if conv.config.failure_mode_allow {
+            conv.stats.failure_mode_allowed.inc();
+        }
+        (!conv.config.failure_mode_allow).then(|| FilterReply {
             status: f.status(),
             body: String::new(),
             headers: vec![],
@@ -206,15 +232,31 @@ impl HttpHandler {
     pub(crate) async fn ext_proc_response(&self, resp: &mut ResponseHeader, ctx: &mut Ctx) {
         let mut convs = std::mem::take(&mut ctx.ext_proc);
         for conv in convs.iter_mut().rev() {
+            if !conv.mode.response_headers {
+                continue;
+            }
             let config = conv.config.clone();
+            if config.observability_mode {
+                let msg = ext_proc::response_headers(resp);
+                if let Err(f) = conv.observe(&self.clusters, msg).await {
+                    if config.failure_mode_allow {
+                        conv.stats.failure_mode_allowed.inc();
+                    } else {
+                        replace_response(resp, ctx, f.status(), String::new(), vec![]);
+                        return;
+                    }
+                }
+                continue;
+            }
             let answer = conv
                 .exchange(&self.clusters, ext_proc::response_headers(resp))
                 .await
+                .map(|r| conv.mode_override(r))
                 .and_then(|r| ext_proc::outcome(r, false, &config));
             let failure = match answer {
                 Ok(Outcome::Continue {
                     mutation: Some(m), ..
-                }) => match ext_proc::apply(&m, &config.mutation_rules, resp) {
+                }) => match ext_proc::apply(&m, &config.mutation_rules, resp, &conv.stats) {
                     Ok(pseudo) => {
                         for (k, v) in pseudo {
                             if let (":status", Ok(code)) = (k.as_str(), v.parse::<u16>()) {
@@ -227,15 +269,21 @@ impl HttpHandler {
                 },
                 Ok(Outcome::Continue { mutation: None, .. }) => None,
                 Ok(Outcome::Immediate(i)) => {
+                    conv.stats.immediate_responses_sent.inc();
                     let reply = ext_proc::immediate_reply(i);
                     replace_response(resp, ctx, reply.status, reply.body, reply.headers);
                     return;
                 }
                 Err(f) => Some(f),
             };
-            if let (Some(f), false) = (failure, config.failure_mode_allow) {
-                replace_response(resp, ctx, f.status(), String::new(), vec![]);
-                return;
+            match (failure, config.failure_mode_allow) {
+                (Some(ext_proc::Failure::Closed), _) => {}
+                (Some(_), true) => conv.stats.failure_mode_allowed.inc(),
+                (Some(f), false) => {
+                    replace_response(resp, ctx, f.status(), String::new(), vec![]);
+                    return;
+                }
+                (None, _) => {}
             }
         }
     }

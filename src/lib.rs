@@ -8,6 +8,8 @@
 pub mod admin;
 pub mod cli;
 mod ext_proc;
+mod ext_proc_body;
+mod ext_proc_observe;
 mod filters;
 mod headers;
 mod http1;

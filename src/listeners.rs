@@ -20,7 +20,7 @@ use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::GetSocketDigest;
 use pingora_core::server::configuration::ServerConf;
 use pingora_proxy::HttpProxy;
-use sentinel_xds::config::hcm::Codec;
+use sentinel_xds::config::hcm::{Codec, HttpFilter};
 use sentinel_xds::config::listener::{CidrRange, FilterChain, FilterChainMatch, SourceType};
 use sentinel_xds::config::Listener;
 use sentinel_xds::{Snapshot, SnapshotHandle};
@@ -329,12 +329,26 @@ impl ListenerManager {
             let hcm = Arc::new(fc.hcm.clone());
             let drain = Arc::new(DrainState::default());
             drains.push((hcm.clone(), drain.clone()));
+            let ext_proc_stats = Arc::new(
+                hcm.http_filters
+                    .iter()
+                    .filter_map(|f| match f {
+                        HttpFilter::ExtProc { name, config } => Some((
+                            name.clone(),
+                            shared.stats.ext_proc(&hcm.stat_prefix, &config.stat_prefix),
+                        )),
+                        _ => None,
+                    })
+                    .collect(),
+            );
             let handler = HttpHandler {
+                ext_proc_stats,
                 stats: shared.stats.http(&hcm.stat_prefix),
                 hcm,
                 snapshots: shared.snapshots.clone(),
                 clusters: shared.clusters.clone(),
                 local_cluster: shared.local_cluster.clone(),
+                buffer_limit: l.buffer_limit,
                 drain,
             };
             Arc::new(ChainApp::new(&shared.conf, handler, fc.hcm.codec))

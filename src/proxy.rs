@@ -42,6 +42,10 @@ pub struct HttpHandler {
     pub stats: Arc<crate::stats::HttpStats>,
     /// This proxy's own cluster (`--service-cluster`), for `source_cluster` descriptors.
     pub local_cluster: Arc<str>,
+    /// The listener's `per_connection_buffer_limit_bytes`: the most a filter buffers.
+    pub buffer_limit: u32,
+    /// Each ext_proc filter's stats, by filter name.
+    pub ext_proc_stats: Arc<std::collections::HashMap<String, Arc<crate::stats::ExtProcStats>>>,
 }
 
 /// What a draining listener version keeps: Envoy keeps the route configuration a draining
@@ -94,6 +98,10 @@ pub struct Ctx {
     pub(crate) grpc_status: Option<u32>,
     /// External processor conversations that wait for the response headers.
     pub(crate) ext_proc: Vec<crate::ext_proc::Conversation>,
+    /// The request has no body: its headers end the stream.
+    pub(crate) request_end_of_stream: bool,
+    /// The request body as the ext_proc processors made it, kept for retries.
+    pub(crate) ext_proc_replay: crate::ext_proc_body::Replay,
     /// A processor asked to route again (`clear_route_cache`).
     pub(crate) clear_route_cache: bool,
     /// A body that replaces the upstream's (a processor's immediate response).
@@ -389,6 +397,7 @@ impl ProxyHttp for HttpHandler {
             ctx.custom_upgrade = kind != "websocket";
         }
         // The filters before the router (they see the route, and may answer themselves).
+        ctx.request_end_of_stream = session.as_mut().is_body_empty();
         let reply = self.decode_headers(ctx, session.req_header_mut()).await;
         if let Some(r) = reply {
             ctx.grpc_status = r.grpc_status;
@@ -638,6 +647,7 @@ impl ProxyHttp for HttpHandler {
             let _ =
                 upstream.insert_header("x-envoy-expected-rq-timeout-ms", t.as_millis().to_string());
         }
+        crate::ext_proc_body::upstream_framing(ctx, upstream);
         // Envoy counts the headers it forwards (its own included) against max_headers_count.
         let hop_by_hop = ["connection", "keep-alive", "proxy-connection", "upgrade"]
             .iter()
@@ -661,7 +671,7 @@ impl ProxyHttp for HttpHandler {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end: bool,
         ctx: &mut Ctx,
@@ -676,6 +686,9 @@ impl ProxyHttp for HttpHandler {
                     Error::explain(ErrorType::ReadTimedout, "request_timeout expired").into_down(),
                 );
             }
+        }
+        if !ctx.ext_proc.is_empty() {
+            self.ext_proc_request_body(session, body, end, ctx).await?;
         }
         if let Some(senders) = &mut ctx.mirrors {
             if let Some(chunk) = body {

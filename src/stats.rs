@@ -70,6 +70,39 @@ pub struct HttpStats {
     pub rq_direct_response: Counter,
 }
 
+/// `http.<stat_prefix>.ext_proc.<filter stat_prefix>.*`: the counters Sentinel keeps, under
+/// Envoy 1.40's names (checked against its `/stats`). Envoy's others
+/// (`clear_route_cache_*`, `override_message_timeout_*`, `http_not_ok_resp_received`,
+/// `server_half_closed`, `spurious_msgs_received`) are not kept.
+#[derive(Default)]
+pub struct ExtProcStats {
+    pub streams_started: Counter,
+    pub streams_closed: Counter,
+    pub streams_failed: Counter,
+    pub stream_msgs_sent: Counter,
+    pub stream_msgs_received: Counter,
+    pub message_timeouts: Counter,
+    pub failure_mode_allowed: Counter,
+    pub immediate_responses_sent: Counter,
+    pub rejected_header_mutations: Counter,
+}
+
+impl ExtProcStats {
+    fn counters(&self) -> [(&'static str, &Counter); 9] {
+        [
+            ("failure_mode_allowed", &self.failure_mode_allowed),
+            ("immediate_responses_sent", &self.immediate_responses_sent),
+            ("message_timeouts", &self.message_timeouts),
+            ("rejected_header_mutations", &self.rejected_header_mutations),
+            ("stream_msgs_received", &self.stream_msgs_received),
+            ("stream_msgs_sent", &self.stream_msgs_sent),
+            ("streams_closed", &self.streams_closed),
+            ("streams_failed", &self.streams_failed),
+            ("streams_started", &self.streams_started),
+        ]
+    }
+}
+
 /// `cluster.<name>.*`
 #[derive(Default)]
 pub struct ClusterStats {
@@ -99,6 +132,8 @@ pub struct Registry {
     http: Mutex<BTreeMap<String, Arc<HttpStats>>>,
     clusters: Mutex<BTreeMap<String, Arc<ClusterStats>>>,
     listeners: Mutex<BTreeMap<String, Arc<ListenerStats>>>,
+    /// By (connection manager prefix, filter prefix).
+    ext_proc: Mutex<BTreeMap<(String, String), Arc<ExtProcStats>>>,
 }
 
 fn scope<T: Default>(map: &Mutex<BTreeMap<String, Arc<T>>>, name: &str) -> Arc<T> {
@@ -112,7 +147,7 @@ fn scope<T: Default>(map: &Mutex<BTreeMap<String, Arc<T>>>, name: &str) -> Arc<T
 /// One stat line: its Envoy name, its Prometheus name and labels, and its value.
 struct Line {
     name: String,
-    prom: &'static str,
+    prom: String,
     labels: Vec<(&'static str, String)>,
     value: i64,
 }
@@ -120,6 +155,16 @@ struct Line {
 impl Registry {
     pub fn http(&self, prefix: &str) -> Arc<HttpStats> {
         scope(&self.http, prefix)
+    }
+    /// An ext_proc filter's stats: `http.<hcm_prefix>.ext_proc.<filter_prefix>.*`, or
+    /// `http.<hcm_prefix>.ext_proc.*` without a filter prefix.
+    pub fn ext_proc(&self, hcm_prefix: &str, filter_prefix: &str) -> Arc<ExtProcStats> {
+        self.ext_proc
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((hcm_prefix.to_string(), filter_prefix.to_string()))
+            .or_default()
+            .clone()
     }
     pub fn cluster(&self, name: &str) -> Arc<ClusterStats> {
         scope(&self.clusters, name)
@@ -138,7 +183,7 @@ impl Registry {
                         value: i64| {
             out.push(Line {
                 name: format!("{family}.{scope}.{stat}"),
-                prom: stat,
+                prom: stat.into(),
                 labels: vec![(label, scope.to_string())],
                 value,
             });
@@ -154,9 +199,9 @@ impl Registry {
                 classes.push(Line {
                     name: format!("{family}.{scope}.{stat}_{}xx", i + 1),
                     prom: if stat == "downstream_rq" {
-                        "downstream_rq_xx"
+                        "downstream_rq_xx".into()
                     } else {
-                        "upstream_rq_xx"
+                        "upstream_rq_xx".into()
                     },
                     labels: vec![
                         ("envoy_response_code_class", (i + 1).to_string()),
@@ -315,6 +360,26 @@ impl Registry {
                 s.no_filter_chain_match.get() as i64,
             );
         }
+        for ((hcm, filter), s) in self
+            .ext_proc
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            // Envoy keeps the filter's prefix in the name, also in Prometheus.
+            let scope = match filter.as_str() {
+                "" => "ext_proc".to_string(),
+                f => format!("ext_proc.{f}"),
+            };
+            for (stat, c) in s.counters() {
+                out.push(Line {
+                    name: format!("http.{hcm}.{scope}.{stat}"),
+                    prom: format!("{}_{stat}", scope.replace('.', "_")),
+                    labels: vec![("envoy_http_conn_manager_prefix", hcm.clone())],
+                    value: c.get() as i64,
+                });
+            }
+        }
         out.extend(classes);
         out
     }
@@ -392,7 +457,17 @@ mod tests {
             text.contains("listener.127.0.0.1_10000.downstream_cx_total: 1\n"),
             "{text}"
         );
+        r.ext_proc("ingress", "myproc").streams_started.inc();
+        let text = r.text();
+        assert!(
+            text.contains("http.ingress.ext_proc.myproc.streams_started: 1\n"),
+            "{text}"
+        );
         let prom = r.prometheus();
+        assert!(
+            prom.contains("envoy_http_ext_proc_myproc_streams_started{envoy_http_conn_manager_prefix=\"ingress\"} 1"),
+            "{prom}"
+        );
         assert!(
             prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"svc\"} 1"),
             "{prom}"

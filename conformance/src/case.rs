@@ -23,6 +23,8 @@ use serde_yaml::Value;
 pub const MAX_WAIT_MS: u64 = 10_000;
 /// The longest per-request timeout a case may ask for.
 pub const MAX_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// The largest generated request body (`body_bytes`).
+pub const MAX_BODY_BYTES: usize = 4 << 20;
 /// The most times one request may be repeated.
 pub const MAX_REPEAT: u32 = 50;
 
@@ -117,6 +119,9 @@ pub struct ExtProcScript {
     pub response: ExtProcAnswer,
     #[serde(default)]
     pub paths: BTreeMap<String, ExtProcAnswer>,
+    /// The answer to each request body message.
+    #[serde(default)]
+    pub request_body: ExtProcAnswer,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -136,6 +141,30 @@ pub struct ExtProcAnswer {
     /// Ask the proxy to route again after the mutation.
     #[serde(default)]
     pub clear_route_cache: bool,
+    /// Body messages: replace the body (chunk) with this.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Body messages: clear the body (chunk).
+    #[serde(default)]
+    pub clear_body: bool,
+    /// Response headers: report what the processor got before, as response headers
+    /// `x-proc-request-eos` (the request headers' end_of_stream), `x-proc-body` (the request
+    /// body messages joined), `x-proc-body-eos` (the last one's end_of_stream) and
+    /// `x-proc-body-msgs` (how many) and `x-proc-body-len` (their total length);
+    /// `x-proc-body` is left out past 1 KiB.
+    #[serde(default)]
+    pub report: bool,
+    /// Headers answers: a `mode_override`, by ProcessingMode field name and enum value name
+    /// (`request_body_mode: BUFFERED`).
+    #[serde(default)]
+    pub mode_override: BTreeMap<String, String>,
+    /// Answer with the wrong kind of message (a response-headers answer to request headers
+    /// or to a body, a request-headers answer to response headers), as a confused processor.
+    #[serde(default)]
+    pub wrong_kind: bool,
+    /// End the stream (gRPC status OK) instead of answering, as a processor that gives up.
+    #[serde(default)]
+    pub close: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -265,6 +294,9 @@ pub struct Request {
     /// (as many bytes, within the timeout) is the response body.
     #[serde(default)]
     pub tunnel: Option<String>,
+    /// A body of this many `x` bytes instead (at most `MAX_BODY_BYTES`).
+    #[serde(default)]
+    pub body_bytes: Option<usize>,
     #[serde(default)]
     pub protocol: Protocol,
     /// A gRPC call: POST, h2c, `content-type: application/grpc`, `te: trailers`.
@@ -426,6 +458,9 @@ fn validate(case: &Case) -> Result<()> {
                 return Err(at(format!(
                     "timeout_ms is at most {MAX_REQUEST_TIMEOUT_MS}"
                 )));
+            }
+            if req.body_bytes.unwrap_or(0) > MAX_BODY_BYTES {
+                return Err(at(format!("body_bytes is at most {MAX_BODY_BYTES}")));
             }
             if req.repeat.unwrap_or(1) > MAX_REPEAT {
                 return Err(at(format!("repeat is at most {MAX_REPEAT}")));

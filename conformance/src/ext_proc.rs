@@ -1,16 +1,19 @@
 //! A scripted ext_proc server for cases: answers request and response headers as the case's
 //! `ext_proc` script says (mutations, immediate responses, delays).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sentinel_proto::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use sentinel_proto::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
 use sentinel_proto::pb::envoy::r#type::v3::HttpStatus;
 use sentinel_proto::pb::envoy::service::ext_proc::v3::{
+    body_mutation,
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
     processing_request::Request,
     processing_response::Response,
-    CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders, ImmediateResponse,
-    ProcessingRequest, ProcessingResponse,
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
+    ImmediateResponse, ProcessingRequest, ProcessingResponse,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -41,8 +44,73 @@ fn pseudo(h: &HttpHeaders, name: &str) -> Option<String> {
     })
 }
 
-/// The message for an answer, as a request- or response-headers reply.
-async fn reply(answer: &ExtProcAnswer, request_phase: bool) -> Response {
+/// What one stream's processor got so far, for `report`.
+#[derive(Default)]
+struct Seen {
+    request_eos: Option<bool>,
+    body: Vec<u8>,
+    body_eos: Option<bool>,
+    body_msgs: usize,
+}
+
+impl Seen {
+    fn headers(&self) -> Vec<HeaderValueOption> {
+        let flag = |b: Option<bool>| b.map_or("none".to_string(), |b| b.to_string());
+        let mut out = vec![
+            option("x-proc-request-eos", &flag(self.request_eos)),
+            option("x-proc-body-eos", &flag(self.body_eos)),
+            option("x-proc-body-msgs", &self.body_msgs.to_string()),
+            option("x-proc-body-len", &self.body.len().to_string()),
+        ];
+        if self.body.len() <= 1024 {
+            out.push(option("x-proc-body", &String::from_utf8_lossy(&self.body)));
+        }
+        out
+    }
+}
+
+/// A `mode_override` from field and value names; unknown names are left at their default.
+fn mode_override(fields: &BTreeMap<String, String>) -> Option<ProcessingMode> {
+    if fields.is_empty() {
+        return None;
+    }
+    let header = |v: &str| match v {
+        "SEND" => 1,
+        "SKIP" => 2,
+        _ => 0,
+    };
+    let body = |v: &str| match v {
+        "STREAMED" => 1,
+        "BUFFERED" => 2,
+        "BUFFERED_PARTIAL" => 3,
+        "FULL_DUPLEX_STREAMED" => 4,
+        _ => 0,
+    };
+    let mut m = ProcessingMode::default();
+    for (k, v) in fields {
+        match k.as_str() {
+            "request_header_mode" => m.request_header_mode = header(v),
+            "response_header_mode" => m.response_header_mode = header(v),
+            "request_trailer_mode" => m.request_trailer_mode = header(v),
+            "response_trailer_mode" => m.response_trailer_mode = header(v),
+            "request_body_mode" => m.request_body_mode = body(v),
+            "response_body_mode" => m.response_body_mode = body(v),
+            _ => {}
+        }
+    }
+    Some(m)
+}
+
+/// Which message an answer replies to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    RequestHeaders,
+    RequestBody,
+    ResponseHeaders,
+}
+
+/// The message for an answer, as a reply of the message's kind.
+async fn reply(answer: &ExtProcAnswer, phase: Phase, seen: &Seen) -> Response {
     if let Some(ms) = answer.delay_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -59,21 +127,40 @@ async fn reply(answer: &ExtProcAnswer, request_phase: bool) -> Response {
             ..Default::default()
         });
     }
+    let mut set_headers: Vec<HeaderValueOption> =
+        answer.set.iter().map(|(k, v)| option(k, v)).collect();
+    if answer.report {
+        set_headers.extend(seen.headers());
+    }
+    let body_mutation = match (&answer.body, answer.clear_body) {
+        (Some(b), _) => Some(body_mutation::Mutation::Body(b.as_bytes().to_vec())),
+        (None, true) => Some(body_mutation::Mutation::ClearBody(true)),
+        (None, false) => None,
+    };
     let common = CommonResponse {
         header_mutation: Some(HeaderMutation {
-            set_headers: answer.set.iter().map(|(k, v)| option(k, v)).collect(),
+            set_headers,
             remove_headers: answer.remove.clone(),
         }),
+        body_mutation: body_mutation.map(|m| BodyMutation { mutation: Some(m) }),
         clear_route_cache: answer.clear_route_cache,
         ..Default::default()
     };
-    let headers = HeadersResponse {
-        response: Some(common),
+    let phase = match (answer.wrong_kind, phase) {
+        (false, p) => p,
+        (true, Phase::ResponseHeaders) => Phase::RequestHeaders,
+        (true, _) => Phase::ResponseHeaders,
     };
-    if request_phase {
-        Response::RequestHeaders(headers)
-    } else {
-        Response::ResponseHeaders(headers)
+    match phase {
+        Phase::RequestHeaders => Response::RequestHeaders(HeadersResponse {
+            response: Some(common),
+        }),
+        Phase::ResponseHeaders => Response::ResponseHeaders(HeadersResponse {
+            response: Some(common),
+        }),
+        Phase::RequestBody => Response::RequestBody(BodyResponse {
+            response: Some(common),
+        }),
     }
 }
 
@@ -90,18 +177,35 @@ impl ExternalProcessor for Scripted {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let script = self.0.clone();
         tokio::spawn(async move {
+            let mut seen = Seen::default();
             while let Ok(Some(msg)) = inbound.message().await {
-                let response = match &msg.request {
+                let (response, answer) = match &msg.request {
                     Some(Request::RequestHeaders(h)) => {
+                        seen.request_eos = Some(h.end_of_stream);
                         let path = pseudo(h, ":path").unwrap_or_default();
                         let path = path.split('?').next().unwrap_or_default();
-                        reply(script.paths.get(path).unwrap_or(&script.request), true).await
+                        let answer = script.paths.get(path).unwrap_or(&script.request);
+                        (reply(answer, Phase::RequestHeaders, &seen).await, answer)
                     }
-                    Some(Request::ResponseHeaders(_)) => reply(&script.response, false).await,
+                    Some(Request::RequestBody(b)) => {
+                        seen.body.extend_from_slice(&b.body);
+                        seen.body_eos = Some(b.end_of_stream);
+                        seen.body_msgs += 1;
+                        let answer = &script.request_body;
+                        (reply(answer, Phase::RequestBody, &seen).await, answer)
+                    }
+                    Some(Request::ResponseHeaders(_)) => {
+                        let answer = &script.response;
+                        (reply(answer, Phase::ResponseHeaders, &seen).await, answer)
+                    }
                     _ => continue,
                 };
+                if answer.close {
+                    return;
+                }
                 let msg = ProcessingResponse {
                     response: Some(response),
+                    mode_override: mode_override(&answer.mode_override),
                     ..Default::default()
                 };
                 if tx.send(Ok(msg)).await.is_err() {

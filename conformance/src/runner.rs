@@ -426,6 +426,7 @@ impl Run {
                 headers.push((k.clone(), v));
             }
         }
+        let generated = req.body_bytes.map(|n| "x".repeat(n));
         let out = Outgoing {
             port,
             protocol,
@@ -433,7 +434,7 @@ impl Run {
             host: &req.host,
             path: &req.path,
             headers,
-            body: req.body.as_deref(),
+            body: generated.as_deref().or(req.body.as_deref()),
             raw: req.raw.as_deref().map(client::expand_raw),
             tunnel: req.tunnel.as_deref(),
             await_close: req.expect.closed.is_some(),

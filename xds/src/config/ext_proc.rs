@@ -1,10 +1,13 @@
 //! `envoy.filters.http.ext_proc`: an external processor (WAF, auth, guardrails) that sees
 //! and may change each request's and response's headers over one gRPC stream per request.
 //!
-//! Supported: header processing (SEND/SKIP, both directions), header mutations under
-//! `mutation_rules`, immediate responses, `message_timeout`, `failure_mode_allow`, and the
-//! per-route `ExtProcPerRoute` (disabled, or another processing mode). Body and trailer
-//! processing are refused with a NACK until they are implemented.
+//! Supported: header processing (SEND/SKIP, both directions), request body processing
+//! (STREAMED, BUFFERED, BUFFERED_PARTIAL) with body mutations, header mutations under
+//! `mutation_rules`, immediate responses, `message_timeout`, `failure_mode_allow`,
+//! `allow_mode_override`, `observability_mode`, and the per-route `ExtProcPerRoute`
+//! (disabled, or another processing mode). Response body
+//! processing, FULL_DUPLEX_STREAMED and trailer processing are refused with a NACK until they
+//! are implemented.
 
 use std::time::Duration;
 
@@ -19,29 +22,68 @@ use super::{duration, ConfigError, Result};
 pub const TYPE: &str = "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor";
 pub const PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute";
 
+/// How a body goes to the processor (`ProcessingMode.BodySendMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyMode {
+    /// Not sent.
+    #[default]
+    None,
+    /// Each chunk as it arrives; the request goes upstream without `content-length`.
+    Streamed,
+    /// The whole body in one message, within the connection's buffer limit.
+    Buffered,
+    /// One message with the body up to the buffer limit; the rest passes unprocessed.
+    BufferedPartial,
+}
+
+impl BodyMode {
+    fn from_proto(v: i32, path: &str) -> Result<Self> {
+        match v {
+            0 => Ok(Self::None),
+            1 => Ok(Self::Streamed),
+            2 => Ok(Self::Buffered),
+            3 => Ok(Self::BufferedPartial),
+            4 => Err(ConfigError::new(
+                path,
+                "FULL_DUPLEX_STREAMED is not supported yet",
+            )),
+            _ => Err(ConfigError::new(path, format!("unknown body mode {v}"))),
+        }
+    }
+}
+
 /// Which parts go to the processor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessingMode {
     pub request_headers: bool,
     pub response_headers: bool,
+    pub request_body: BodyMode,
 }
 
 impl ProcessingMode {
+    /// A processor's `mode_override`; an error when it asks for a mode not implemented.
+    pub fn overridden(m: &pb::ProcessingMode) -> Result<Self> {
+        Self::from_proto(Some(m), "mode_override")
+    }
+
     fn from_proto(m: Option<&pb::ProcessingMode>, path: &str) -> Result<Self> {
         let Some(m) = m else {
             return Ok(Self {
                 request_headers: true,
                 response_headers: true,
+                request_body: BodyMode::None,
             });
         };
         // HeaderSendMode: DEFAULT (0) and SEND (1) send, SKIP (2) skips.
         let send = |v: i32| v != 2;
-        if m.request_body_mode != 0 || m.response_body_mode != 0 {
+        if m.response_body_mode != 0 {
             return Err(ConfigError::new(
-                path,
-                "body processing modes are not supported yet (only NONE)",
+                format!("{path}.response_body_mode"),
+                "response body processing is not supported yet (only NONE)",
             ));
         }
+        let request_body =
+            BodyMode::from_proto(m.request_body_mode, &format!("{path}.request_body_mode"))?;
         if m.request_trailer_mode == 1 || m.response_trailer_mode == 1 {
             return Err(ConfigError::new(
                 path,
@@ -51,6 +93,7 @@ impl ProcessingMode {
         Ok(Self {
             request_headers: send(m.request_header_mode),
             response_headers: send(m.response_header_mode),
+            request_body,
         })
     }
 }
@@ -131,6 +174,10 @@ pub struct ExtProc {
     pub mutation_rules: MutationRules,
     pub allow_mode_override: bool,
     pub disable_immediate_response: bool,
+    /// Send and go: messages go without waiting and answers are ignored.
+    pub observability_mode: bool,
+    /// Its stats are `http.<hcm stat_prefix>.ext_proc.<stat_prefix>.*`.
+    pub stat_prefix: String,
 }
 
 fn cluster_of(g: Option<&core_pb::GrpcService>, path: &str) -> Result<String> {
@@ -149,9 +196,6 @@ fn cluster_of(g: Option<&core_pb::GrpcService>, path: &str) -> Result<String> {
 
 impl ExtProc {
     pub fn from_proto(c: &pb::ExternalProcessor) -> Result<Self> {
-        if c.observability_mode {
-            return Err(ConfigError::new("observability_mode", "not supported yet"));
-        }
         Ok(Self {
             cluster: cluster_of(c.grpc_service.as_ref(), "grpc_service")?,
             failure_mode_allow: c.failure_mode_allow,
@@ -171,6 +215,8 @@ impl ExtProc {
                 .unwrap_or_default(),
             allow_mode_override: c.allow_mode_override,
             disable_immediate_response: c.disable_immediate_response,
+            observability_mode: c.observability_mode,
+            stat_prefix: c.stat_prefix.clone(),
         })
     }
 }
@@ -208,5 +254,41 @@ impl ExtProcPerRoute {
                 "disabled: true or overrides is required",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(request_body: i32, response_body: i32, trailer: i32) -> pb::ProcessingMode {
+        pb::ProcessingMode {
+            request_body_mode: request_body,
+            response_body_mode: response_body,
+            request_trailer_mode: trailer,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn request_body_modes_are_read_and_the_rest_refused() {
+        let read = |m| ProcessingMode::from_proto(Some(&m), "processing_mode");
+        assert_eq!(read(mode(0, 0, 0)).unwrap().request_body, BodyMode::None);
+        assert_eq!(
+            read(mode(1, 0, 0)).unwrap().request_body,
+            BodyMode::Streamed
+        );
+        assert_eq!(
+            read(mode(2, 0, 0)).unwrap().request_body,
+            BodyMode::Buffered
+        );
+        assert_eq!(
+            read(mode(3, 0, 0)).unwrap().request_body,
+            BodyMode::BufferedPartial
+        );
+        let refused = |m| read(m).unwrap_err().to_string();
+        assert!(refused(mode(4, 0, 0)).contains("request_body_mode"));
+        assert!(refused(mode(0, 2, 0)).contains("response_body_mode"));
+        assert!(refused(mode(0, 0, 1)).contains("trailer"));
     }
 }

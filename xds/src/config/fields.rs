@@ -488,8 +488,9 @@ pub static RULES: &[Rule] = &[
             "allow_mode_override",
             "disable_immediate_response",
             "observability_mode",
+            "stat_prefix",
         ],
-        &["stat_prefix"],
+        &[],
     ),
     rule(
         "envoy.extensions.filters.http.ext_proc.v3.ProcessingMode",
