@@ -126,6 +126,12 @@ impl Ctx {
         }
     }
 
+    /// The matched virtual host.
+    fn vhost(&self) -> Option<&sentinel_xds::config::route::VirtualHost> {
+        let (rc, (v, _)) = (self.route_config.as_ref()?, self.matched?);
+        rc.virtual_hosts.get(v)
+    }
+
     /// Header mutations from the most to the least specific level.
     pub(crate) fn levels(&self) -> Vec<&HeaderMutations> {
         let mut out = Vec::with_capacity(4);
@@ -647,6 +653,9 @@ impl ProxyHttp for HttpHandler {
             let _ =
                 upstream.insert_header("x-envoy-expected-rq-timeout-ms", t.as_millis().to_string());
         }
+        if ctx.vhost().is_some_and(|v| v.attempt_count_upstream) {
+            let _ = upstream.insert_header("x-envoy-attempt-count", ctx.attempts.to_string());
+        }
         crate::ext_proc_body::upstream_framing(ctx, upstream);
         // Envoy counts the headers it forwards (its own included) against max_headers_count.
         let hop_by_hop = ["connection", "keep-alive", "proxy-connection", "upgrade"]
@@ -779,6 +788,9 @@ impl ProxyHttp for HttpHandler {
                 "x-envoy-upstream-service-time",
                 start.elapsed().as_millis().to_string(),
             );
+        }
+        if ctx.vhost().is_some_and(|v| v.attempt_count_in_response) && ctx.attempts > 0 {
+            let _ = resp.insert_header("x-envoy-attempt-count", ctx.attempts.to_string());
         }
         if !ctx.ext_proc.is_empty() {
             self.ext_proc_response(resp, ctx).await;

@@ -432,13 +432,10 @@ pub static RULES: &[Rule] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
-        ],
-        &[
-            "metadata",
-            "virtual_clusters",
             "include_request_attempt_count",
             "include_attempt_count_in_response",
         ],
+        &["metadata", "virtual_clusters"],
     ),
     rule(
         "envoy.config.route.v3.WeightedCluster",

@@ -28,6 +28,9 @@ pub struct VirtualHost {
     pub headers: HeaderMutations,
     pub per_filter: PerFilter,
     pub rate_limits: Vec<super::ratelimit::RateLimitRule>,
+    /// `x-envoy-attempt-count` on the upstream request / on the response.
+    pub attempt_count_upstream: bool,
+    pub attempt_count_in_response: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -308,6 +311,8 @@ impl VirtualHost {
             domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
             per_filter: per_filter(&vh.typed_per_filter_config)?,
             rate_limits: super::ratelimit::rules(&vh.rate_limits, "rate_limits")?,
+            attempt_count_upstream: vh.include_request_attempt_count,
+            attempt_count_in_response: vh.include_attempt_count_in_response,
             routes,
             headers: HeaderMutations::from_proto(
                 &vh.request_headers_to_add,
