@@ -143,6 +143,29 @@ async fn unsupported_field_is_nacked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_must_not_bind_is_nacked() {
+    let up = upstream("one").await;
+    let cp = control_plane().await;
+    let mut snap = snapshot("v1", "route_a", "cluster_a", up);
+    let listener = snap.resources(resource::LISTENER)[0].1.clone();
+    let mut json = sentinel_proto::any_to_json(&listener).unwrap();
+    let name = json["name"].as_str().unwrap().to_string();
+    json["bind_to_port"] = false.into();
+    snap.insert(&name, sentinel_proto::any_from_json(&json).unwrap());
+    cp.set_snapshot("n4b", snap);
+    let _p = proxy(cp.xds_addr(), "n4b", false).await;
+    let nack = cp
+        .wait_for_event(|e| e.is(EventKind::Nack, resource::LISTENER), T)
+        .await
+        .expect("NACK");
+    let detail = nack.error_detail.unwrap();
+    assert!(
+        detail.contains(&format!("{name}: bind_to_port")),
+        "{detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warming_waits_for_routes_until_initial_fetch_timeout() {
     let up = upstream("one").await;
     let cp = control_plane().await;

@@ -220,9 +220,10 @@ pub static RULES: &[Rule] = &[
             "filter_chains",
             "default_filter_chain",
             "drain_type",
+            "per_connection_buffer_limit_bytes",
+            "bind_to_port",
         ],
         &[
-            "per_connection_buffer_limit_bytes",
             "stat_prefix",
             "metadata",
             "traffic_direction",
@@ -230,7 +231,6 @@ pub static RULES: &[Rule] = &[
             "continue_on_listener_filters_timeout",
             "enable_reuse_port",
             "ignore_global_conn_limit",
-            "bind_to_port",
         ],
     ),
     rule(

@@ -290,6 +290,14 @@ impl Listener {
             .as_ref()
             .map(|fc| FilterChain::from_proto(fc).map_err(|e| e.within("default_filter_chain")))
             .transpose()?;
+        // Such a listener only takes connections redirected from another (original_dst),
+        // which Sentinel does not do; binding its port instead would take it from its owner.
+        if l.bind_to_port.as_ref().is_some_and(|b| !b.value) {
+            return Err(ConfigError::new(
+                "bind_to_port",
+                "false is not supported (listeners reached through original_dst redirection)",
+            ));
+        }
         if filter_chains.is_empty() && default_filter_chain.is_none() {
             return Err(ConfigError::new(
                 "filter_chains",
