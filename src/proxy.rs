@@ -88,6 +88,8 @@ pub struct Ctx {
     pub(crate) protocol: &'static str,
     /// Upstream attempts made so far (retries are attempts after the first).
     pub(crate) attempts: u32,
+    /// The route's timeout for this request (`request::route_timeout`).
+    pub(crate) route_timeout: Option<std::time::Duration>,
     /// When the route timeout (across all attempts) expires.
     pub(crate) deadline: Option<Instant>,
     /// When the request started, for the connection manager's `request_timeout`.
@@ -384,6 +386,9 @@ impl ProxyHttp for HttpHandler {
                 .await?;
             return Ok(true);
         };
+        for name in &rc.internal_only_headers {
+            session.req_header_mut().remove_header(name);
+        }
         ctx.route_config = Some(rc.clone());
         self.select_route(&rc, session.req_header(), ctx);
         if let Some(kind) = crate::request::upgrade_type(session.req_header_mut()) {
@@ -455,6 +460,7 @@ impl ProxyHttp for HttpHandler {
             }
             Action::Forward(a) => {
                 let name = ctx.cluster_name.take();
+                ctx.route_timeout = crate::request::route_timeout(a, session.req_header());
                 ctx.action = Some(a.clone());
                 if a.retry.is_some() {
                     session.enable_retry_buffering();
@@ -519,7 +525,7 @@ impl ProxyHttp for HttpHandler {
             // The route timeout spans every attempt; each attempt gets what remains of it.
             let now = Instant::now();
             if ctx.deadline.is_none() {
-                ctx.deadline = a.timeout.map(|t| now + t);
+                ctx.deadline = ctx.route_timeout.map(|t| now + t);
             }
             let remaining = ctx.deadline.map(|d| d.saturating_duration_since(now));
             if remaining.is_some_and(|r| r.is_zero()) {
@@ -649,9 +655,13 @@ impl ProxyHttp for HttpHandler {
             |l| &l.request_add,
             |add| headers::render(&add.value, &ctx.vars(Some(session.req_header()))),
         );
-        if let (Some(t), false) = (a.timeout, self.hcm.suppress_envoy_headers) {
+        if let (Some(t), false) = (ctx.route_timeout, self.hcm.suppress_envoy_headers) {
             let _ =
                 upstream.insert_header("x-envoy-expected-rq-timeout-ms", t.as_millis().to_string());
+        }
+        // With max_grpc_timeout, the upstream is told the timeout that applies.
+        if let (Some(t), Some(_)) = (ctx.route_timeout, a.max_grpc_timeout) {
+            let _ = upstream.insert_header("grpc-timeout", format!("{}m", t.as_millis()));
         }
         if ctx.vhost().is_some_and(|v| v.attempt_count_upstream) {
             let _ = upstream.insert_header("x-envoy-attempt-count", ctx.attempts.to_string());

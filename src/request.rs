@@ -74,11 +74,53 @@ static HOST_IPV4: std::sync::LazyLock<std::net::Ipv4Addr> =
 
 /// x-forwarded-for, x-envoy-external-address, x-forwarded-proto and via, as Envoy's
 /// connection manager sets them on the way upstream.
+/// Envoy's control headers that only internal clients may send; with Envoy's default
+/// `internal_address_config` no client is internal, so they are dropped from every request
+/// (`ConnectionManagerUtility::cleanInternalHeaders`).
+const INTERNAL_ONLY: &[&str] = &[
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-original-url",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-internal",
+];
+
+/// Dropped as well at the edge (`use_remote_address`).
+const EDGE_ONLY: &[&str] = &[
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+];
+
 pub(crate) fn forwarding_headers(
     hcm: &sentinel_xds::config::hcm::HttpConnectionManager,
     req: &mut RequestHeader,
     downstream: Option<std::net::SocketAddr>,
 ) {
+    if req
+        .headers
+        .keys()
+        .any(|k| k.as_str().starts_with("x-envoy-"))
+    {
+        let edge = if hcm.use_remote_address {
+            EDGE_ONLY
+        } else {
+            &[]
+        };
+        for name in INTERNAL_ONLY.iter().chain(edge) {
+            req.remove_header(*name);
+        }
+    }
     if hcm.use_remote_address {
         if let Some(a) = downstream {
             let _ = req.insert_header("x-envoy-external-address", a.ip().to_string());
@@ -106,6 +148,58 @@ pub(crate) fn forwarding_headers(
     if let Some(via) = &hcm.via {
         let _ = req.append_header("via", via.as_str());
     }
+}
+
+/// The route's timeout for this request: a gRPC call's `grpc-timeout` when the route has
+/// `max_grpc_timeout` (Envoy's `FilterUtility::finalTimeout`), else the route's `timeout`.
+pub(crate) fn route_timeout(
+    a: &sentinel_xds::config::route::RouteAction,
+    req: &RequestHeader,
+) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let Some(max) = a.max_grpc_timeout else {
+        return a.timeout;
+    };
+    let grpc = req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !grpc {
+        return a.timeout;
+    }
+    let mut t = req
+        .headers
+        .get("grpc-timeout")
+        .and_then(|v| grpc_timeout(v.as_bytes()))
+        .unwrap_or(Duration::ZERO);
+    if let Some(offset) = a.grpc_timeout_offset {
+        if offset < t {
+            t -= offset;
+        }
+    }
+    if !max.is_zero() && (t.is_zero() || t > max) {
+        t = max;
+    }
+    (!t.is_zero()).then_some(t)
+}
+
+/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(v: &[u8]) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 pub(crate) fn expects_continue(req: &RequestHeader) -> bool {
@@ -159,6 +253,17 @@ pub(crate) fn upgrade_allowed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        use std::time::Duration;
+        assert_eq!(grpc_timeout(b"300m"), Some(Duration::from_millis(300)));
+        assert_eq!(grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(b"123456789m"), None);
+        assert_eq!(grpc_timeout(b"m"), None);
+        assert_eq!(grpc_timeout(b"5x"), None);
+    }
 
     #[test]
     fn route_upgrade_settings_override_the_connection_managers() {

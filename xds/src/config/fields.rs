@@ -375,8 +375,10 @@ pub static RULES: &[Rule] = &[
             "retry_policy",
             "request_mirror_policies",
             "upgrade_configs",
+            "max_grpc_timeout",
+            "grpc_timeout_offset",
         ],
-        &["max_grpc_timeout", "grpc_timeout_offset"],
+        &[],
     ),
     rule(
         "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
@@ -398,12 +400,9 @@ pub static RULES: &[Rule] = &[
             "response_headers_to_add",
             "response_headers_to_remove",
             "most_specific_header_mutations_wins",
-        ],
-        &[
             "internal_only_headers",
-            "max_direct_response_body_size_bytes",
-            "metadata",
         ],
+        &["max_direct_response_body_size_bytes", "metadata"],
     ),
     rule(
         "envoy.config.route.v3.RouteMatch",
@@ -575,11 +574,11 @@ pub static RULES: &[Rule] = &[
             "skip_xff_append",
             "via",
             "upgrade_configs",
+            "internal_address_config",
         ],
         &[
             "access_log",
             "tracing",
-            "internal_address_config",
             "add_user_agent",
             "drain_timeout",
             "delayed_close_timeout",

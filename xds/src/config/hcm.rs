@@ -217,6 +217,17 @@ impl HttpConnectionManager {
                 Ok(ServerHeaderTransformation::PassThrough) => ServerHeader::PassThrough,
                 _ => ServerHeader::Overwrite,
             };
+        // Internal clients would have their x-envoy-* control headers obeyed; Sentinel treats
+        // every client as external, which is Envoy's default (an empty internal_address_config).
+        if h.internal_address_config
+            .as_ref()
+            .is_some_and(|c| c.unix_sockets || !c.cidr_ranges.is_empty())
+        {
+            return Err(ConfigError::new(
+                "internal_address_config",
+                "internal addresses are not supported (every client is external)",
+            ));
+        }
         let upgrades = h
             .upgrade_configs
             .iter()

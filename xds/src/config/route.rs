@@ -18,6 +18,9 @@ pub struct RouteConfig {
     pub virtual_hosts: Vec<VirtualHost>,
     pub headers: HeaderMutations,
     pub most_specific_header_mutations_wins: bool,
+    /// Removed from every request (no client is internal with Envoy's default
+    /// internal_address_config).
+    pub internal_only_headers: Vec<http::HeaderName>,
 }
 
 #[derive(Debug, Clone)]
@@ -180,6 +183,10 @@ pub struct RouteAction {
     /// `upgrade_configs`: per upgrade type (lowercase), allowed or not on this route, over
     /// the connection manager's setting.
     pub upgrades: Vec<(String, bool)>,
+    /// `max_grpc_timeout`: when set, a gRPC call's `grpc-timeout` replaces `timeout`
+    /// (zero: no cap); `grpc_timeout_offset` is taken off it first.
+    pub max_grpc_timeout: Option<Duration>,
+    pub grpc_timeout_offset: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -252,6 +259,19 @@ impl RouteConfig {
                 &rc.response_headers_to_remove,
             )?,
             most_specific_header_mutations_wins: rc.most_specific_header_mutations_wins,
+            internal_only_headers: rc
+                .internal_only_headers
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    http::HeaderName::try_from(h.to_ascii_lowercase()).map_err(|_| {
+                        ConfigError::new(
+                            format!("internal_only_headers[{i}]"),
+                            "invalid header name",
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?,
         })
     }
 
@@ -573,6 +593,16 @@ impl RouteAction {
             idle_timeout: timeout_or(a.idle_timeout.as_ref(), None, "idle_timeout")?,
             rate_limits: super::ratelimit::rules(&a.rate_limits, "rate_limits")?,
             include_vh_rate_limits: a.include_vh_rate_limits.as_ref().is_some_and(|b| b.value),
+            max_grpc_timeout: a
+                .max_grpc_timeout
+                .as_ref()
+                .map(|d| super::duration(d, "max_grpc_timeout"))
+                .transpose()?,
+            grpc_timeout_offset: a
+                .grpc_timeout_offset
+                .as_ref()
+                .map(|d| super::duration(d, "grpc_timeout_offset"))
+                .transpose()?,
             upgrades: a
                 .upgrade_configs
                 .iter()
