@@ -72,6 +72,7 @@ impl ChainApp {
             },
         };
         let app = if h2 { &self.h2c } else { &self.h1 };
+        let stream = crate::downstream::Buffered::new(stream);
         app.process_new(Box::new(stream), draining).await;
     }
 
@@ -361,7 +362,7 @@ impl ListenerManager {
             let g = r.current.load();
             g.drain(self.drain_time, g.apps(), &self.prev);
         }
-        for (name, config) in &snap.listeners {
+        for (name, config) in snap.listeners.iter() {
             match self.running.get_mut(name) {
                 Some(r) if Arc::ptr_eq(&r.config, config) => {}
                 Some(r) if r.config.address == config.address => {
