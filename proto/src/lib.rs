@@ -4,8 +4,8 @@
 //! resource files, config_dump) are the proto3 JSON mapping of those messages, with `Any`
 //! spelled `{"@type": ...}`; reading and writing that needs reflection, so this crate also
 //! carries the descriptor set that `envoy-types` was generated from (vendored as
-//! `envoy-descriptors.bin`) and converts through `prost-reflect`. This keeps one schema: the
-//! upstream protos, never a hand-written mirror.
+//! `envoy-descriptors.bin`, embedded without its comments) and converts through
+//! `prost-reflect`. This keeps one schema: the upstream protos, never a hand-written mirror.
 
 use std::sync::LazyLock;
 
@@ -17,8 +17,9 @@ pub use prost;
 /// `type.googleapis.com/` prefix of every `Any` type URL.
 pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
 
+/// The vendored set without its comments (see `build.rs`).
 static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(&include_bytes!("../envoy-descriptors.bin")[..])
+    DescriptorPool::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/envoy-descriptors.bin"))[..])
         .expect("the vendored Envoy descriptor set decodes")
 });
 
