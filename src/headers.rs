@@ -139,13 +139,14 @@ pub(crate) fn mutate<'a>(
             headers.remove(name);
         }
     }
-    let mut ordered: Vec<&HeaderMutations> = levels.to_vec();
-    if most_specific_wins {
-        ordered.reverse();
-    }
-    for level in ordered {
+    let mut apply = |level: &'a HeaderMutations| {
         for add in adds(level) {
             apply_add(headers, add, render(add));
         }
+    };
+    if most_specific_wins {
+        levels.iter().rev().for_each(|l| apply(l));
+    } else {
+        levels.iter().for_each(|l| apply(l));
     }
 }

@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::IO;
 use pingora_proxy::HttpProxy;
 use sentinel_xds::config::hcm::{HttpConnectionManager, ServerHeader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::downstream::Buffered as Stream;
 use crate::proxy::HttpHandler;
 use crate::stats::HttpStats;
 
@@ -122,7 +122,7 @@ pub(crate) async fn serve(
         };
         let (io, next) = ReusedHttpStream::consume(reused);
         settings = next;
-        // Only plain TCP connections reach here, so the stream is always an l4 Stream.
+        // Only plain TCP connections reach here, so the stream is always ours.
         match downcast(io) {
             Some(s) => stream = s,
             None => return,

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod cli;
+mod downstream;
 mod ext_proc;
 mod ext_proc_body;
 mod ext_proc_observe;

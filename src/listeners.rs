@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -35,10 +35,14 @@ type App = Arc<ChainApp>;
 
 /// One filter chain's HTTP app. Pingora reads 24 bytes to look for an h2c preface, which
 /// hangs an HTTP/1 request shorter than that; so the preface is sniffed here and the
-/// connection goes to an app with h2c on or off.
+/// connection goes to an app with h2c on or off. Each app is built on its first connection:
+/// a Pingora `HttpProxy` carries its own upstream connector and pools, and a listener that
+/// never sees HTTP/2 (or HTTP/1) should not pay for that one.
 pub struct ChainApp {
-    h1: Arc<HttpProxy<HttpHandler>>,
-    h2c: Arc<HttpProxy<HttpHandler>>,
+    conf: Arc<ServerConf>,
+    handler: HttpHandler,
+    h1: OnceLock<Arc<HttpProxy<HttpHandler>>>,
+    h2c: OnceLock<Arc<HttpProxy<HttpHandler>>>,
     codec: Codec,
     limits: crate::http1::Limits,
 }
@@ -48,21 +52,27 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 impl ChainApp {
     fn new(conf: &Arc<ServerConf>, handler: HttpHandler, codec: Codec) -> Self {
         let limits = crate::http1::Limits::new(&handler.hcm, handler.stats.clone());
-        let build = |h2c: bool| {
-            let mut proxy = pingora_proxy::http_proxy(conf, handler.clone());
+        Self {
+            conf: conf.clone(),
+            handler,
+            h1: OnceLock::new(),
+            h2c: OnceLock::new(),
+            codec,
+            limits,
+        }
+    }
+
+    fn app(&self, h2c: bool) -> &Arc<HttpProxy<HttpHandler>> {
+        let cell = if h2c { &self.h2c } else { &self.h1 };
+        cell.get_or_init(|| {
+            let mut proxy = pingora_proxy::http_proxy(&self.conf, self.handler.clone());
             let mut opts = HttpServerOptions::default();
             opts.h2c = h2c;
             // CONNECT reaches the router, which matches no route for it (404, as Envoy).
             opts.allow_connect_method_proxying = true;
             proxy.server_options = Some(opts);
             Arc::new(proxy)
-        };
-        Self {
-            h1: build(false),
-            h2c: build(true),
-            codec,
-            limits,
-        }
+        })
     }
 
     async fn serve(&self, mut stream: Stream, draining: &watch::Receiver<bool>) {
@@ -76,18 +86,20 @@ impl ChainApp {
         };
         let stats = &self.limits.stats;
         stats.downstream_cx_total.inc();
+        let stream = crate::downstream::Buffered::new(stream);
         if h2 {
             stats.downstream_cx_http2_total.inc();
-            self.h2c.process_new(Box::new(stream), draining).await;
+            self.app(true).process_new(Box::new(stream), draining).await;
         } else {
             stats.downstream_cx_http1_total.inc();
-            crate::http1::serve(&self.h1, stream, &self.limits, draining).await;
+            crate::http1::serve(self.app(false), stream, &self.limits, draining).await;
         }
     }
 
     async fn cleanup(&self) {
-        self.h1.cleanup().await;
-        self.h2c.cleanup().await;
+        for app in [self.h1.get(), self.h2c.get()].into_iter().flatten() {
+            app.cleanup().await;
+        }
     }
 }
 
@@ -385,7 +397,7 @@ impl ListenerManager {
             let g = r.current.load();
             g.drain(self.drain_time, g.apps(), &self.prev);
         }
-        for (name, config) in &snap.listeners {
+        for (name, config) in snap.listeners.iter() {
             match self.running.get_mut(name) {
                 Some(r) if Arc::ptr_eq(&r.config, config) => {}
                 Some(r) if r.config.address == config.address => {

@@ -148,7 +148,7 @@ impl HttpHandler {
         }
         if self.hcm.always_set_request_id_in_response {
             if let Some(id) = &ctx.request_id {
-                let _ = resp.insert_header("x-request-id", id.as_str());
+                let _ = resp.insert_header("x-request-id", id.clone());
             }
         }
     }

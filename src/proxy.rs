@@ -26,7 +26,7 @@ use sentinel_xds::{Snapshot, SnapshotHandle};
 use crate::headers::{self, mutate};
 use crate::local_reply::{local_error, reply_for, LocalReply};
 use crate::mirror;
-use crate::request::{host_of, normalize, uuid4};
+use crate::request::{host, normalize, uuid4};
 use crate::retry::{self, Failure};
 use crate::router::{self, RequestView};
 use crate::upstream::{ClusterManager, Host};
@@ -82,7 +82,7 @@ pub struct Ctx {
     pub(crate) host: Option<Arc<Host>>,
     pub(crate) reply: Option<LocalReply>,
     pub(crate) upstream_start: Option<Instant>,
-    pub(crate) request_id: Option<String>,
+    pub(crate) request_id: Option<http::HeaderValue>,
     pub(crate) downstream: Option<SocketAddr>,
     pub(crate) local: Option<SocketAddr>,
     pub(crate) protocol: &'static str,
@@ -134,21 +134,28 @@ impl Ctx {
         rc.virtual_hosts.get(v)
     }
 
-    /// Header mutations from the most to the least specific level.
-    pub(crate) fn levels(&self) -> Vec<&HeaderMutations> {
-        let mut out = Vec::with_capacity(4);
+    /// Header mutations from the most to the least specific level (levels that do not apply
+    /// are empty); an array, not a Vec, because this runs twice per request.
+    pub(crate) fn levels(&self) -> [&HeaderMutations; 4] {
+        static NONE: HeaderMutations = HeaderMutations {
+            request_add: Vec::new(),
+            request_remove: Vec::new(),
+            response_add: Vec::new(),
+            response_remove: Vec::new(),
+        };
+        let mut out = [&NONE; 4];
         let (Some(rc), Some((v, r))) = (&self.route_config, self.matched) else {
             return out;
         };
         let vh = &rc.virtual_hosts[v];
-        if let (Some(i), Some(Action::Forward(a))) = (self.weighted, Some(&vh.routes[r].action)) {
+        if let (Some(i), Action::Forward(a)) = (self.weighted, &vh.routes[r].action) {
             if let ClusterSpecifier::Weighted { clusters, .. } = &a.cluster {
-                out.push(&clusters[i].headers);
+                out[0] = &clusters[i].headers;
             }
         }
-        out.push(&vh.routes[r].headers);
-        out.push(&vh.headers);
-        out.push(&rc.headers);
+        out[1] = &vh.routes[r].headers;
+        out[2] = &vh.headers;
+        out[3] = &rc.headers;
         out
     }
 }
@@ -182,10 +189,9 @@ impl HttpHandler {
     /// Matches the request against the route configuration, and picks the cluster of a
     /// forwarding route.
     fn select_route(&self, rc: &RouteConfig, req: &RequestHeader, ctx: &mut Ctx) {
-        let host = host_of(req);
         let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let (path, query) = pq.split_once('?').map_or((pq, None), |(p, q)| (p, Some(q)));
-        ctx.matched = router::virtual_host(rc, &host).and_then(|vh| {
+        ctx.matched = router::virtual_host(rc, host(req)).and_then(|v| {
             let view = RequestView {
                 method: &req.method,
                 path,
@@ -193,10 +199,7 @@ impl HttpHandler {
                 headers: &req.headers,
                 random: rand::random_range(0..1_000_000),
             };
-            let r = router::route(vh, &view)?;
-            let v = rc.virtual_hosts.iter().position(|x| std::ptr::eq(x, vh))?;
-            let i = vh.routes.iter().position(|x| std::ptr::eq(x, r))?;
-            Some((v, i))
+            Some((v, router::route(&rc.virtual_hosts[v], &view)?))
         });
         ctx.cluster_name = None;
         ctx.weighted = None;
@@ -206,6 +209,14 @@ impl HttpHandler {
             }
         }
     }
+}
+
+/// The length of the URI as written (`Display`), without formatting it.
+fn uri_len(uri: &http::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1)
 }
 
 /// The cluster a forwarding route sends this request to (a weighted pick is remembered in
@@ -305,7 +316,7 @@ impl ProxyHttp for HttpHandler {
                 .iter()
                 .map(|(k, v)| k.as_str().len() + v.len() + 4)
                 .sum::<usize>()
-                + req.uri.to_string().len();
+                + uri_len(&req.uri);
             if size > self.hcm.max_request_headers_kb as usize * 1024
                 || req.headers.len() > self.hcm.max_headers_count as usize
             {
@@ -361,8 +372,8 @@ impl ProxyHttp for HttpHandler {
                 let existing = req
                     .headers
                     .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
+                    .filter(|v| v.to_str().is_ok())
+                    .cloned();
                 let id = match existing {
                     Some(id)
                         if self.hcm.preserve_external_request_id
@@ -372,7 +383,7 @@ impl ProxyHttp for HttpHandler {
                     }
                     _ => {
                         let id = uuid4();
-                        let _ = req.insert_header("x-request-id", id.as_str());
+                        let _ = req.insert_header("x-request-id", id.clone());
                         id
                     }
                 };
@@ -881,6 +892,24 @@ impl ProxyHttp for HttpHandler {
         FailToProxy {
             error_code: status,
             can_reuse_downstream: reusable,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uri_len_is_the_displayed_length() {
+        for uri in [
+            "/",
+            "/a/b?x=1&y",
+            "http://h:8080/p?q",
+            "*",
+            "h.example:443",
+            "http://h",
+        ] {
+            let uri: http::Uri = uri.parse().unwrap();
+            assert_eq!(super::uri_len(&uri), uri.to_string().len(), "{uri}");
         }
     }
 }

@@ -4,16 +4,19 @@
 use pingora_http::RequestHeader;
 
 pub(crate) fn host_of(req: &RequestHeader) -> String {
-    req.uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default()
+    host(req).to_string()
+}
+
+/// The request's authority (absolute-form target), else its Host header, else "".
+pub(crate) fn host(req: &RequestHeader) -> &str {
+    match req.uri.authority() {
+        Some(a) => a.as_str(),
+        None => req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default(),
+    }
 }
 
 /// `normalize_path` (RFC 3986 dot segments) and `merge_slashes`; None when the path is
@@ -49,23 +52,24 @@ pub(crate) fn normalize(path: &str, dots: bool, merge: bool) -> Option<String> {
     Some(p)
 }
 
-/// A random version-4 UUID, as Envoy generates for x-request-id.
-pub(crate) fn uuid4() -> String {
-    let b: [u8; 16] = rand::random();
-    let (hi, lo) = (
-        u64::from_be_bytes(b[..8].try_into().unwrap()),
-        u64::from_be_bytes(b[8..].try_into().unwrap()),
-    );
-    let hi = (hi & !0xf000) | 0x4000;
-    let lo = (lo & !(0xc000 << 48)) | (0x8000 << 48);
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    )
+/// A random version-4 UUID, as Envoy generates for x-request-id; formatted by hand into a
+/// header value because this runs on every request.
+pub(crate) fn uuid4() -> http::HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits: u128 = rand::random();
+    // Version 4 in bits 76..80, the RFC 4122 variant (0b10) in bits 62..64.
+    let bits = (bits & !(0xf << 76) & !(0b11 << 62)) | (0x4 << 76) | (0b10 << 62);
+    let mut out = [0u8; 36];
+    let mut nibble = 32;
+    for (i, byte) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *byte = b'-';
+        } else {
+            nibble -= 1;
+            *byte = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+        }
+    }
+    http::HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
 }
 
 /// The address Envoy appends to x-forwarded-for for a loopback peer: the host's own.
@@ -143,7 +147,7 @@ pub(crate) fn forwarding_headers(
         }
     }
     if hcm.use_remote_address || !req.headers.contains_key("x-forwarded-proto") {
-        let _ = req.insert_header("x-forwarded-proto", "http");
+        let _ = req.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"));
     }
     if let Some(via) = &hcm.via {
         let _ = req.append_header("via", via.as_str());
@@ -293,7 +297,13 @@ mod tests {
     #[test]
     fn uuid_has_version_4() {
         let id = uuid4();
+        let id = id.to_str().unwrap();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        assert_eq!(
+            id.match_indices('-').map(|(i, _)| i).collect::<Vec<_>>(),
+            [8, 13, 18, 23]
+        );
     }
 }

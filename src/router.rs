@@ -1,32 +1,12 @@
 //! Route selection exactly as Envoy does it: virtual host by domain precedence, then the
 //! first route whose match holds.
 
-use sentinel_xds::config::route::{PathMatch, Route, RouteConfig, RouteMatch, VirtualHost};
+use sentinel_xds::config::route::{PathMatch, RouteConfig, RouteMatch, VirtualHost};
 
-/// Picks the virtual host for a Host value: exact, then the longest `*.suffix`, then the
-/// longest `prefix*`, then `*`.
-pub fn virtual_host<'a>(rc: &'a RouteConfig, host: &str) -> Option<&'a VirtualHost> {
-    let host = host.to_ascii_lowercase();
-    let mut best: Option<(u8, usize, &VirtualHost)> = None;
-    for vh in &rc.virtual_hosts {
-        for d in &vh.domains {
-            let rank = if d == "*" {
-                Some((0, 0))
-            } else if let Some(suffix) = d.strip_prefix('*') {
-                (host.len() > suffix.len() && host.ends_with(suffix)).then_some((2, suffix.len()))
-            } else if let Some(prefix) = d.strip_suffix('*') {
-                (host.len() > prefix.len() && host.starts_with(prefix)).then_some((1, prefix.len()))
-            } else {
-                (*d == host).then_some((3, d.len()))
-            };
-            if let Some((class, len)) = rank {
-                if best.is_none_or(|(c, l, _)| (class, len) > (c, l)) {
-                    best = Some((class, len, vh));
-                }
-            }
-        }
-    }
-    best.map(|(_, _, vh)| vh)
+/// The index of the virtual host for a Host value: exact, then the longest `*.suffix`, then
+/// the longest `prefix*`, then `*` (the route configuration's precomputed index).
+pub fn virtual_host(rc: &RouteConfig, host: &str) -> Option<usize> {
+    rc.domains.find(host)
 }
 
 /// What a route sees of a request.
@@ -40,12 +20,13 @@ pub struct RequestView<'a> {
     pub random: u32,
 }
 
-pub fn route<'a>(vh: &'a VirtualHost, req: &RequestView<'_>) -> Option<&'a Route> {
+/// The index of the first route of the virtual host that matches.
+pub fn route(vh: &VirtualHost, req: &RequestView<'_>) -> Option<usize> {
     // CONNECT matches only `connect_matcher` routes, which Sentinel does not support yet.
     if req.method == http::Method::CONNECT {
         return None;
     }
-    vh.routes.iter().find(|r| matches(&r.matcher, req))
+    vh.routes.iter().position(|r| matches(&r.matcher, req))
 }
 
 fn matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
@@ -137,13 +118,16 @@ virtual_hosts:
 - { name: longer_suffix, domains: ["*.api.example.com"] }
 - { name: exact, domains: ["foo.example.com"] }
 "#);
-        let name = |h: &str| virtual_host(&rc, h).unwrap().name.clone();
+        let name = |h: &str| rc.virtual_hosts[virtual_host(&rc, h).unwrap()].name.clone();
         assert_eq!(name("foo.example.com"), "exact");
         assert_eq!(name("x.api.example.com"), "longer_suffix");
         assert_eq!(name("bar.example.com"), "suffix");
         assert_eq!(name("foo.bar"), "prefix");
         assert_eq!(name("other"), "any");
         assert_eq!(name("FOO.EXAMPLE.COM"), "exact");
+        // A wildcard stands for at least one character.
+        assert_eq!(name(".example.com"), "any");
+        assert_eq!(name("foo."), "any");
     }
 
     #[test]
@@ -171,7 +155,7 @@ virtual_hosts:
                     random: 0,
                 },
             )
-            .map(|r| r.name.clone())
+            .map(|r| vh.routes[r].name.clone())
         };
         assert_eq!(pick("/api/x", None, &headers).as_deref(), Some("sep"));
         assert_eq!(pick("/api", None, &headers).as_deref(), Some("sep"));

@@ -60,7 +60,18 @@ type Name = (String, u16);
 #[derive(Default)]
 struct DnsCache {
     entries: HashMap<Name, (Vec<SocketAddr>, Instant)>,
+    /// The DNS names of the last snapshot's clusters, with their refresh rates, so the
+    /// periodic refresh does not walk every cluster.
+    names: Vec<(Name, Duration)>,
+    /// The cluster and endpoint maps the runtime state was last built from: a snapshot that
+    /// shares both (only listeners or routes changed) needs no rebuild.
+    built_from: Option<BuiltFrom>,
 }
+
+type BuiltFrom = (
+    Arc<HashMap<String, Arc<Cluster>>>,
+    Arc<HashMap<String, Arc<ClusterLoadAssignment>>>,
+);
 
 impl ClusterRuntime {
     fn build(
@@ -211,14 +222,20 @@ impl ClusterManager {
 
     /// Brings the runtime state in line with a snapshot, resolving DNS names not seen yet.
     pub async fn update(&self, snap: &Snapshot) {
-        let names: Vec<(Name, Duration)> = snap
-            .clusters
-            .values()
-            .flat_map(|c| dns_names(c, snap.endpoints_of(c).map(|a| a.as_ref())))
-            .collect();
         let unknown: Vec<Name> = {
-            let dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
-            names
+            let mut dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((clusters, endpoints)) = &dns.built_from {
+                if Arc::ptr_eq(clusters, &snap.clusters) && Arc::ptr_eq(endpoints, &snap.endpoints)
+                {
+                    return;
+                }
+            }
+            dns.names = snap
+                .clusters
+                .values()
+                .flat_map(|c| dns_names(c, snap.endpoints_of(c).map(|a| a.as_ref())))
+                .collect();
+            dns.names
                 .iter()
                 .map(|(n, _)| n.clone())
                 .filter(|n| !dns.entries.contains_key(n))
@@ -233,15 +250,14 @@ impl ClusterManager {
         let now = Instant::now();
         let due: Vec<Name> = {
             let dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
-            snap.clusters
-                .values()
-                .flat_map(|c| dns_names(c, snap.endpoints_of(c).map(|a| a.as_ref())))
+            dns.names
+                .iter()
                 .filter(|(n, rate)| {
                     dns.entries
                         .get(n)
                         .is_none_or(|(_, at)| now.duration_since(*at) >= *rate)
                 })
-                .map(|(n, _)| n)
+                .map(|(n, _)| n.clone())
                 .collect()
         };
         if !due.is_empty() {
@@ -259,10 +275,11 @@ impl ClusterManager {
     }
 
     fn rebuild(&self, snap: &Snapshot) {
-        let dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+        dns.built_from = Some((snap.clusters.clone(), snap.endpoints.clone()));
         let old = self.clusters.load();
         let mut next = HashMap::with_capacity(snap.clusters.len());
-        for (name, config) in &snap.clusters {
+        for (name, config) in snap.clusters.iter() {
             let endpoints = snap.endpoints_of(config).cloned();
             let same_config = |rt: &ClusterRuntime| {
                 Arc::ptr_eq(&rt.config, config)

@@ -5,7 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
-use control_plane_mock::{bind, serve_demo_upstream, serve_http_api, DirWatcher, MockControlPlane};
+use control_plane_mock::{
+    bind, serve_demo_upstream, serve_ext_proc, serve_http_api, serve_rls, DirWatcher,
+    MockControlPlane,
+};
 use tracing_subscriber::EnvFilter;
 
 /// A mock xDS control plane (ADS SotW/delta, LDS/RDS/CDS/EDS) serving snapshot files.
@@ -28,6 +31,14 @@ struct Args {
     /// Also run a demo HTTP upstream on this address (answers 200, echoing method and path).
     #[arg(long)]
     upstream: Option<SocketAddr>,
+    /// Also run an ext_proc server on this address that passes every message on unchanged
+    /// (for benchmarks).
+    #[arg(long)]
+    ext_proc_addr: Option<SocketAddr>,
+    /// Also run a rate limit service on this address that allows every request (for
+    /// benchmarks).
+    #[arg(long)]
+    rls_addr: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -68,6 +79,17 @@ async fn main() -> anyhow::Result<()> {
             listener,
             format!("hello from the demo upstream at {addr}"),
         ));
+    }
+
+    if let Some(addr) = args.ext_proc_addr {
+        let listener = bind(addr).context("binding the ext_proc server")?;
+        tracing::info!(%addr, "pass-through ext_proc server listening");
+        tokio::spawn(serve_ext_proc(listener));
+    }
+    if let Some(addr) = args.rls_addr {
+        let listener = bind(addr).context("binding the rate limit service")?;
+        tracing::info!(%addr, "allow-all rate limit service listening");
+        tokio::spawn(serve_rls(listener));
     }
 
     wait_for_signal().await?;

@@ -38,7 +38,7 @@ pub fn push_rank(type_url: &str) -> usize {
 /// field, in which case the caller must give the name explicitly.
 pub fn resource_name(any: &Any) -> Option<String> {
     let full_name = any.type_url.rsplit_once('/').map(|(_, n)| n)?;
-    let desc = sentinel_proto::pool().get_message_by_name(full_name)?;
+    let desc = sentinel_proto::message(full_name)?;
     let message = DynamicMessage::decode(desc, any.value.as_slice()).ok()?;
     let field = name_field(&any.type_url);
     match message.get_field_by_name(field).as_deref() {

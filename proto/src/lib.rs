@@ -4,12 +4,19 @@
 //! resource files, config_dump) are the proto3 JSON mapping of those messages, with `Any`
 //! spelled `{"@type": ...}`; reading and writing that needs reflection, so this crate also
 //! carries the descriptor set that `envoy-types` was generated from (vendored as
-//! `envoy-descriptors.bin`) and converts through `prost-reflect`. This keeps one schema: the
-//! upstream protos, never a hand-written mirror.
+//! `envoy-descriptors.bin`, embedded without its comments) and converts through
+//! `prost-reflect`. This keeps one schema: the upstream protos, never a hand-written mirror.
+//!
+//! Two pools, for memory: the files Sentinel's own types need (see `build.rs`), decoded at
+//! first use and kept, and the whole API, decoded only when a document or an `Any` names a
+//! type outside the first (an extension Sentinel does not implement, which must still resolve
+//! so that it is refused by name, or skipped when optional, exactly as before).
 
 use std::sync::LazyLock;
 
-use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
+use prost_reflect::{
+    DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions,
+};
 
 pub use envoy_types::pb;
 pub use prost;
@@ -17,14 +24,30 @@ pub use prost;
 /// `type.googleapis.com/` prefix of every `Any` type URL.
 pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
 
+/// The files Sentinel's own types need, without comments (see `build.rs`).
 static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(&include_bytes!("../envoy-descriptors.bin")[..])
+    DescriptorPool::decode(
+        &include_bytes!(concat!(env!("OUT_DIR"), "/sentinel-descriptors.bin"))[..],
+    )
+    .expect("the pruned Envoy descriptor set decodes")
+});
+
+/// Every file of the vendored set, without comments: decoded on the first miss in `POOL`.
+static FULL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/envoy-descriptors.bin"))[..])
         .expect("the vendored Envoy descriptor set decodes")
 });
 
-/// The descriptor pool of every Envoy message `envoy-types` knows.
-pub fn pool() -> &'static DescriptorPool {
-    &POOL
+/// A message type of the Envoy API by full name (`envoy.config.listener.v3.Listener`).
+pub fn message(full_name: &str) -> Option<MessageDescriptor> {
+    POOL.get_message_by_name(full_name)
+        .or_else(|| FULL.get_message_by_name(full_name))
+}
+
+/// Runs a conversion against the small pool and, when that fails, against the whole API: a
+/// document may name (in an `Any`) a type that only the whole API has.
+fn in_pools<T>(convert: impl Fn(&DescriptorPool) -> Result<T, JsonError>) -> Result<T, JsonError> {
+    convert(&POOL).or_else(|_| convert(&FULL))
 }
 
 /// Why a JSON or YAML document is not a valid message.
@@ -62,10 +85,12 @@ pub fn parse_text(text: &str) -> Result<serde_json::Value, JsonError> {
 pub fn from_json<M: prost::Message + prost::Name + Default>(
     value: &serde_json::Value,
 ) -> Result<M, JsonError> {
-    let dynamic = dynamic_from_json(&M::full_name(), value)?;
-    dynamic.transcode_to::<M>().map_err(|e| JsonError::Decode {
-        message_type: M::full_name(),
-        reason: e.to_string(),
+    in_pools(|pool| {
+        let dynamic = dynamic_in(pool, &M::full_name(), value)?;
+        dynamic.transcode_to::<M>().map_err(|e| JsonError::Decode {
+            message_type: M::full_name(),
+            reason: e.to_string(),
+        })
     })
 }
 
@@ -74,7 +99,15 @@ pub fn dynamic_from_json(
     full_name: &str,
     value: &serde_json::Value,
 ) -> Result<DynamicMessage, JsonError> {
-    let desc = pool()
+    in_pools(|pool| dynamic_in(pool, full_name, value))
+}
+
+fn dynamic_in(
+    pool: &DescriptorPool,
+    full_name: &str,
+    value: &serde_json::Value,
+) -> Result<DynamicMessage, JsonError> {
+    let desc = pool
         .get_message_by_name(full_name)
         .ok_or_else(|| JsonError::UnknownType(full_name.to_string()))?;
     let mut track = serde_path_to_error::Track::new();
@@ -90,13 +123,14 @@ pub fn dynamic_from_json(
 
 /// Reads an `Any` from its JSON form `{"@type": "...", ...}`.
 pub fn any_from_json(value: &serde_json::Value) -> Result<pb::google::protobuf::Any, JsonError> {
-    let dynamic = dynamic_from_json("google.protobuf.Any", value)?;
-    dynamic
-        .transcode_to::<pb::google::protobuf::Any>()
-        .map_err(|e| JsonError::Decode {
-            message_type: "google.protobuf.Any".into(),
-            reason: e.to_string(),
-        })
+    in_pools(|pool| {
+        dynamic_in(pool, "google.protobuf.Any", value)?
+            .transcode_to::<pb::google::protobuf::Any>()
+            .map_err(|e| JsonError::Decode {
+                message_type: "google.protobuf.Any".into(),
+                reason: e.to_string(),
+            })
+    })
 }
 
 /// Writes a message as Envoy writes its JSON: proto field names, defaults omitted.
@@ -124,7 +158,15 @@ pub fn any_to_json(any: &pb::google::protobuf::Any) -> Result<serde_json::Value,
 }
 
 fn bytes_to_json(full_name: &str, bytes: &[u8]) -> Result<serde_json::Value, JsonError> {
-    let desc = pool()
+    in_pools(|pool| bytes_to_json_in(pool, full_name, bytes))
+}
+
+fn bytes_to_json_in(
+    pool: &DescriptorPool,
+    full_name: &str,
+    bytes: &[u8],
+) -> Result<serde_json::Value, JsonError> {
+    let desc = pool
         .get_message_by_name(full_name)
         .ok_or_else(|| JsonError::UnknownType(full_name.to_string()))?;
     let dynamic = DynamicMessage::decode(desc, bytes).map_err(|e| JsonError::Decode {
@@ -207,6 +249,21 @@ static_resources:
         );
         let l: Listener = from_json(&json["static_resources"]["listeners"][0]).unwrap();
         assert_eq!(l.name, "l1");
+    }
+
+    #[test]
+    fn types_outside_the_small_pool_still_resolve() {
+        let cors = "envoy.extensions.filters.http.cors.v3.Cors";
+        assert!(POOL.get_message_by_name(cors).is_none(), "pruned away");
+        assert!(message(cors).is_some());
+        assert!(message("envoy.config.listener.v3.Listener").is_some());
+        assert!(message("no.such.Type").is_none());
+        let any = parse_text(&format!("{{ \"@type\": \"type.googleapis.com/{cors}\" }}")).unwrap();
+        let any = any_from_json(&any).unwrap();
+        assert_eq!(
+            any_to_json(&any).unwrap()["@type"],
+            format!("type.googleapis.com/{cors}")
+        );
     }
 
     #[test]

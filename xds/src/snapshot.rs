@@ -17,14 +17,15 @@ use crate::config::{Cluster, ClusterLoadAssignment, Listener, RouteConfig};
 pub struct Snapshot {
     /// Increases by one with every published change.
     pub version: u64,
-    /// Warm listeners, by name.
-    pub listeners: HashMap<String, Arc<Listener>>,
+    /// Warm listeners, by name. Each map is shared with the previous snapshot while its type
+    /// is unchanged (`Arc::ptr_eq` tells), so a publish copies only what changed.
+    pub listeners: Arc<HashMap<String, Arc<Listener>>>,
     /// Route configurations from RDS (inline ones live in their listener).
-    pub routes: HashMap<String, Arc<RouteConfig>>,
+    pub routes: Arc<HashMap<String, Arc<RouteConfig>>>,
     /// Warm clusters, by name.
-    pub clusters: HashMap<String, Arc<Cluster>>,
+    pub clusters: Arc<HashMap<String, Arc<Cluster>>>,
     /// Endpoints by EDS service name (for EDS clusters) or cluster name (inline ones).
-    pub endpoints: HashMap<String, Arc<ClusterLoadAssignment>>,
+    pub endpoints: Arc<HashMap<String, Arc<ClusterLoadAssignment>>>,
     /// True once the initial fetches are done (or timed out): `/ready` says LIVE.
     pub initialized: bool,
     /// What `/config_dump` shows.
@@ -45,8 +46,8 @@ pub struct DumpEntry {
     pub name: String,
     pub version_info: String,
     pub last_updated: SystemTime,
-    /// The resource as received, for the dump's JSON.
-    pub resource: sentinel_proto::pb::google::protobuf::Any,
+    /// The resource as received, for the dump's JSON (shared with the store).
+    pub resource: Arc<sentinel_proto::pb::google::protobuf::Any>,
     pub is_static: bool,
     /// Still warming (listeners waiting for routes, clusters for endpoints).
     pub warming: bool,
@@ -67,12 +68,13 @@ pub struct TypeDump {
     pub last_failure: Option<UpdateFailure>,
 }
 
+/// Per type, shared with the previous snapshot while that type is unchanged.
 #[derive(Debug, Clone, Default)]
 pub struct DumpState {
-    pub listeners: TypeDump,
-    pub routes: TypeDump,
-    pub clusters: TypeDump,
-    pub endpoints: TypeDump,
+    pub listeners: Arc<TypeDump>,
+    pub routes: Arc<TypeDump>,
+    pub clusters: Arc<TypeDump>,
+    pub endpoints: Arc<TypeDump>,
 }
 
 /// Shared handle: `load()` on the request path, `changed()` for the listener manager.

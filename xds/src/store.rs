@@ -61,7 +61,8 @@ impl Update {
 
 struct Entry<T> {
     config: Arc<T>,
-    raw: Any,
+    /// Shared with the config dump, which would otherwise copy every resource per publish.
+    raw: Arc<Any>,
     version: String,
     updated: SystemTime,
     is_static: bool,
@@ -94,6 +95,69 @@ struct Warming {
     deadline: Option<Instant>,
 }
 
+/// Which parts of the published snapshot changed since the last publish: only those are
+/// rebuilt, so an update costs in proportion to the type it changes, not to everything held.
+#[derive(Clone, Copy)]
+struct Dirty {
+    listeners: bool,
+    routes: bool,
+    clusters: bool,
+    endpoints: bool,
+}
+
+impl Default for Dirty {
+    fn default() -> Self {
+        Self::all()
+    }
+}
+
+impl Dirty {
+    fn all() -> Self {
+        Self {
+            listeners: true,
+            routes: true,
+            clusters: true,
+            endpoints: true,
+        }
+    }
+
+    fn none() -> Self {
+        Self {
+            listeners: false,
+            routes: false,
+            clusters: false,
+            endpoints: false,
+        }
+    }
+
+    fn mark(&mut self, type_url: &str) {
+        match type_url {
+            types::LISTENER => self.listeners = true,
+            types::ROUTE => self.routes = true,
+            types::CLUSTER => self.clusters = true,
+            _ => self.endpoints = true,
+        }
+    }
+}
+
+/// The parts of the last published snapshot, reused while their type is unchanged.
+#[derive(Default)]
+struct Published {
+    listeners: Arc<HashMap<String, Arc<Listener>>>,
+    routes: Arc<HashMap<String, Arc<RouteConfig>>>,
+    clusters: Arc<HashMap<String, Arc<Cluster>>>,
+    endpoints: Arc<HashMap<String, Arc<ClusterLoadAssignment>>>,
+    dump: DumpState,
+}
+
+/// Route configurations and EDS services referenced, cached until listeners or clusters
+/// change (the xDS client asks after every event).
+#[derive(Default)]
+struct Interest {
+    rds: Option<Arc<BTreeMap<String, ConfigSourceRef>>>,
+    eds: Option<Arc<BTreeMap<String, ConfigSourceRef>>>,
+}
+
 #[derive(Default)]
 pub struct Store {
     listeners: BTreeMap<String, Entry<Listener>>,
@@ -114,22 +178,31 @@ pub struct Store {
     version: u64,
     handle: SnapshotHandle,
     binder: Option<Arc<dyn ListenerBinder>>,
+    dirty: Dirty,
+    published: Published,
+    interest: Interest,
 }
 
 fn canonical(type_url: &str) -> Option<&'static str> {
     types::ORDER.into_iter().find(|t| *t == type_url)
 }
 
+/// Field 1 of every xDS resource type: `name` (Listener, RouteConfiguration, Cluster) or
+/// `cluster_name` (ClusterLoadAssignment). Decoding only it skips the rest of the message,
+/// so naming an unchanged 100 kB route configuration costs nothing.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NameOnly {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
 fn resource_name(type_url: &str, any: &Any) -> Result<String, String> {
-    let bytes = any.value.as_slice();
-    let name = match type_url {
-        types::LISTENER => lds::Listener::decode(bytes).map(|r| r.name),
-        types::ROUTE => rds::RouteConfiguration::decode(bytes).map(|r| r.name),
-        types::CLUSTER => cds::Cluster::decode(bytes).map(|r| r.name),
-        types::ENDPOINT => eds::ClusterLoadAssignment::decode(bytes).map(|r| r.cluster_name),
-        _ => return Err(format!("unsupported type {type_url}")),
-    };
-    name.map_err(|e| format!("cannot decode: {e}"))
+    if canonical(type_url).is_none() {
+        return Err(format!("unsupported type {type_url}"));
+    }
+    NameOnly::decode(any.value.as_slice())
+        .map(|r| r.name)
+        .map_err(|e| format!("cannot decode: {e}"))
 }
 
 impl Store {
@@ -173,6 +246,8 @@ impl Store {
         let Some(type_url) = canonical(&update.type_url) else {
             return Err(format!("unsupported resource type {}", update.type_url));
         };
+        // Its version, failure or resources change: that type's part of the snapshot.
+        self.dirty.mark(type_url);
         self.initial_pending.remove(type_url);
         let mut errors = Vec::new();
         let mut named = Vec::with_capacity(update.resources.len());
@@ -240,6 +315,7 @@ impl Store {
     }
 
     fn record_failure(&mut self, type_url: &'static str, version: &str, details: &str) {
+        self.dirty.mark(type_url);
         tracing::warn!(
             type_url = types::short(type_url),
             version,
@@ -277,6 +353,7 @@ impl Store {
     }
 
     fn remove(&mut self, type_url: &str, name: &str) {
+        self.touched(type_url);
         match type_url {
             types::LISTENER if self.listeners.get(name).is_some_and(|e| !e.is_static) => {
                 self.listeners.remove(name);
@@ -318,10 +395,10 @@ impl Store {
         // An unchanged resource needs no work; an unchanged assignment still warms the
         // clusters waiting for one (a new CLA is what warms an updated cluster).
         let unchanged = match type_url {
-            types::LISTENER => self.listeners.get(name).is_some_and(|e| e.raw == raw),
-            types::ROUTE => self.routes.get(name).is_some_and(|e| e.raw == raw),
-            types::CLUSTER => self.clusters.get(name).is_some_and(|e| e.raw == raw),
-            _ => self.endpoints.get(name).is_some_and(|e| e.raw == raw),
+            types::LISTENER => self.listeners.get(name).is_some_and(|e| *e.raw == raw),
+            types::ROUTE => self.routes.get(name).is_some_and(|e| *e.raw == raw),
+            types::CLUSTER => self.clusters.get(name).is_some_and(|e| *e.raw == raw),
+            _ => self.endpoints.get(name).is_some_and(|e| *e.raw == raw),
         };
         if unchanged {
             if type_url == types::ENDPOINT {
@@ -331,13 +408,14 @@ impl Store {
         }
         let full_name = &type_url[sentinel_proto::TYPE_URL_PREFIX.len()..];
         fields::check(full_name, &raw.value)?;
+        self.touched(type_url);
         let bad = |e: prost::DecodeError| ConfigError::new("", format!("cannot decode: {e}"));
         let updated = SystemTime::now();
         macro_rules! entry {
             ($config:expr) => {
                 Entry {
                     config: Arc::new($config),
-                    raw,
+                    raw: Arc::new(raw),
                     version: version.to_string(),
                     updated,
                     is_static,
@@ -428,8 +506,24 @@ impl Store {
             if self.warming_clusters.remove(&c).is_some() {
                 if let Some(e) = self.clusters.get(&c) {
                     self.active_clusters.insert(c.clone(), e.config.clone());
+                    self.touched(types::CLUSTER);
                 }
             }
+        }
+    }
+
+    /// A resource of this type was added, replaced or removed: its part of the snapshot is
+    /// stale, and so is what its references are cached as.
+    fn touched(&mut self, type_url: &str) {
+        self.dirty.mark(type_url);
+        match type_url {
+            types::LISTENER => self.interest.rds = None,
+            types::CLUSTER => {
+                self.interest.eds = None;
+                // Inline endpoints of serving clusters are published with the EDS ones.
+                self.dirty.endpoints = true;
+            }
+            _ => {}
         }
     }
 
@@ -448,6 +542,10 @@ impl Store {
             })
             .map(|(n, _)| n.clone())
             .collect();
+        if !ready.is_empty() {
+            // The serving versions change, and with them what is referenced.
+            self.touched(types::LISTENER);
+        }
         for name in ready {
             self.warming_listeners.remove(&name);
             self.active_listeners
@@ -459,6 +557,9 @@ impl Store {
             .filter(|(_, w)| w.deadline.is_some_and(|d| d <= now))
             .map(|(n, _)| n.clone())
             .collect();
+        if !expired.is_empty() {
+            self.touched(types::CLUSTER);
+        }
         for name in expired {
             tracing::warn!(cluster = %name, "endpoints did not arrive in time; the cluster serves without them");
             self.warming_clusters.remove(&name);
@@ -513,7 +614,11 @@ impl Store {
     }
 
     /// Route configurations that listeners (warm or warming) point at, with their sources.
-    pub fn rds_interest(&self) -> BTreeMap<String, ConfigSourceRef> {
+    /// Cached until a listener changes; the same `Arc` means nothing changed.
+    pub fn rds_interest(&mut self) -> Arc<BTreeMap<String, ConfigSourceRef>> {
+        if let Some(cached) = &self.interest.rds {
+            return cached.clone();
+        }
         // Serving versions count too: a listener's old version keeps its routes while the
         // new one warms.
         let mut out = BTreeMap::new();
@@ -523,11 +628,15 @@ impl Store {
                 out.entry(name.to_string()).or_insert_with(|| src.clone());
             }
         }
-        out
+        self.interest.rds.insert(Arc::new(out)).clone()
     }
 
-    /// EDS service names that clusters point at, with their sources.
-    pub fn eds_interest(&self) -> BTreeMap<String, ConfigSourceRef> {
+    /// EDS service names that clusters point at, with their sources. Cached until a cluster
+    /// changes; the same `Arc` means nothing changed.
+    pub fn eds_interest(&mut self) -> Arc<BTreeMap<String, ConfigSourceRef>> {
+        if let Some(cached) = &self.interest.eds {
+            return cached.clone();
+        }
         // Serving versions count too, as for routes.
         let serving = self.active_clusters.iter().filter_map(|(n, c)| {
             let latest = self.clusters.get(n)?;
@@ -540,15 +649,25 @@ impl Store {
                     .or_insert_with(|| src.clone());
             }
         }
-        out
+        self.interest.eds.insert(Arc::new(out)).clone()
     }
 
     /// Routes and endpoints that nothing references any more are dropped (SotW semantics).
+    /// Only where something changed: routes after listener or route updates, endpoints after
+    /// cluster or endpoint updates.
     fn gc_unreferenced(&mut self) {
-        let rds = self.rds_interest();
-        self.routes.retain(|n, _| rds.contains_key(n));
-        let eds = self.eds_interest();
-        self.endpoints.retain(|n, _| eds.contains_key(n));
+        if self.dirty.listeners || self.dirty.routes {
+            let rds = self.rds_interest();
+            let before = self.routes.len();
+            self.routes.retain(|n, _| rds.contains_key(n));
+            self.dirty.routes |= self.routes.len() != before;
+        }
+        if self.dirty.clusters || self.dirty.endpoints {
+            let eds = self.eds_interest();
+            let before = self.endpoints.len();
+            self.endpoints.retain(|n, _| eds.contains_key(n));
+            self.dirty.endpoints |= self.endpoints.len() != before;
+        }
     }
 
     /// Per-resource versions of a type, for a delta stream's `initial_resource_versions`.
@@ -583,62 +702,74 @@ impl Store {
             warming: &dyn Fn(&str) -> bool,
             version: Option<&String>,
             failure: Option<&UpdateFailure>,
-        ) -> TypeDump {
-            TypeDump {
+        ) -> Arc<TypeDump> {
+            Arc::new(TypeDump {
                 version_info: version.cloned().unwrap_or_default(),
                 entries: m.iter().map(|(n, e)| e.dump(n, warming(n))).collect(),
                 last_failure: failure.cloned(),
-            }
+            })
         }
-        let never = |_: &str| false;
-        let dump = DumpState {
-            listeners: dump(
+        let dirty = std::mem::replace(&mut self.dirty, Dirty::none());
+        let p = &mut self.published;
+        if dirty.listeners {
+            p.listeners = Arc::new(self.active_listeners.clone());
+            p.dump.listeners = dump(
                 &self.listeners,
                 &|n| self.warming_listeners.contains_key(n),
                 self.versions.get(types::LISTENER),
                 self.failures.get(types::LISTENER),
-            ),
-            routes: dump(
+            );
+        }
+        if dirty.routes {
+            p.routes = Arc::new(
+                self.routes
+                    .iter()
+                    .map(|(n, e)| (n.clone(), e.config.clone()))
+                    .collect(),
+            );
+            p.dump.routes = dump(
                 &self.routes,
-                &never,
+                &|_| false,
                 self.versions.get(types::ROUTE),
                 self.failures.get(types::ROUTE),
-            ),
-            clusters: dump(
+            );
+        }
+        if dirty.clusters {
+            p.clusters = Arc::new(self.active_clusters.clone());
+            p.dump.clusters = dump(
                 &self.clusters,
                 &|n| self.warming_clusters.contains_key(n),
                 self.versions.get(types::CLUSTER),
                 self.failures.get(types::CLUSTER),
-            ),
-            endpoints: dump(
+            );
+        }
+        if dirty.endpoints {
+            let mut endpoints: HashMap<String, Arc<ClusterLoadAssignment>> = self
+                .endpoints
+                .iter()
+                .map(|(n, e)| (n.clone(), e.config.clone()))
+                .collect();
+            for (name, c) in &self.active_clusters {
+                if let Some(la) = &c.load_assignment {
+                    endpoints.insert(name.clone(), Arc::new(la.clone()));
+                }
+            }
+            p.endpoints = Arc::new(endpoints);
+            p.dump.endpoints = dump(
                 &self.endpoints,
-                &never,
+                &|_| false,
                 self.versions.get(types::ENDPOINT),
                 self.failures.get(types::ENDPOINT),
-            ),
-        };
-        let mut endpoints: HashMap<String, Arc<ClusterLoadAssignment>> = self
-            .endpoints
-            .iter()
-            .map(|(n, e)| (n.clone(), e.config.clone()))
-            .collect();
-        for (name, c) in &self.active_clusters {
-            if let Some(la) = &c.load_assignment {
-                endpoints.insert(name.clone(), Arc::new(la.clone()));
-            }
+            );
         }
         self.handle.publish(Snapshot {
             version: self.version,
-            listeners: self.active_listeners.clone(),
-            routes: self
-                .routes
-                .iter()
-                .map(|(n, e)| (n.clone(), e.config.clone()))
-                .collect(),
-            clusters: self.active_clusters.clone(),
-            endpoints,
+            listeners: p.listeners.clone(),
+            routes: p.routes.clone(),
+            clusters: p.clusters.clone(),
+            endpoints: p.endpoints.clone(),
             initialized: self.initialized,
-            dump: Arc::new(dump),
+            dump: Arc::new(p.dump.clone()),
         });
     }
 

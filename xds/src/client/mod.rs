@@ -9,6 +9,7 @@ mod file;
 mod stream;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use sentinel_proto::pb::envoy::config::core::v3::Node;
@@ -55,7 +56,14 @@ pub struct XdsClient {
     files: BTreeSet<(std::path::PathBuf, &'static str)>,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
+    /// The EDS and RDS interest the subscriptions were last brought in line with.
+    synced_interest: Option<Interest>,
 }
+
+type Interest = (
+    Arc<BTreeMap<String, ConfigSourceRef>>,
+    Arc<BTreeMap<String, ConfigSourceRef>>,
+);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -112,6 +120,7 @@ impl XdsClient {
             files: BTreeSet::new(),
             events_tx,
             events_rx,
+            synced_interest: None,
         };
         for (type_url, src) in [
             (types::CLUSTER, &bootstrap.cds),
@@ -203,13 +212,22 @@ impl XdsClient {
 
     /// Makes the RDS and EDS subscriptions follow what listeners and clusters reference.
     fn sync_subscriptions(&mut self) {
-        let wanted: [(&'static str, BTreeMap<String, ConfigSourceRef>); 2] = [
+        let wanted: [(&'static str, Arc<BTreeMap<String, ConfigSourceRef>>); 2] = [
             (types::ENDPOINT, self.store.eds_interest()),
             (types::ROUTE, self.store.rds_interest()),
         ];
+        // The store hands out the same maps while nothing they depend on changed: then the
+        // subscriptions are as they were (this runs after every event).
+        let same = |a: &Arc<_>, b: &Arc<_>| Arc::ptr_eq(a, b);
+        if let Some((eds, rds)) = &self.synced_interest {
+            if same(eds, &wanted[0].1) && same(rds, &wanted[1].1) {
+                return;
+            }
+        }
+        self.synced_interest = Some((wanted[0].1.clone(), wanted[1].1.clone()));
         for (type_url, interest) in wanted {
             let mut by_stream: BTreeMap<StreamKey, BTreeSet<String>> = BTreeMap::new();
-            for (name, src) in &interest {
+            for (name, src) in interest.iter() {
                 if let SourceKind::Path(_) = src.kind {
                     self.subscribe(type_url, src, Some(name));
                 } else if let Some(key) = self.stream_key(type_url, src) {

@@ -642,8 +642,7 @@ fn rule_for(name: &str) -> Option<&'static Rule> {
 
 /// Checks a resource (its full message name and wire bytes) against the table.
 pub fn check(full_name: &str, bytes: &[u8]) -> Result<(), ConfigError> {
-    let desc = sentinel_proto::pool()
-        .get_message_by_name(full_name)
+    let desc = sentinel_proto::message(full_name)
         .ok_or_else(|| ConfigError::new("", format!("unknown message type {full_name}")))?;
     let msg = DynamicMessage::decode(desc, bytes)
         .map_err(|e| ConfigError::new("", format!("cannot decode {full_name}: {e}")))?;
@@ -713,7 +712,7 @@ fn walk_any(msg: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
         .rsplit_once('/')
         .map(|(_, n)| n)
         .unwrap_or(&type_url);
-    let Some(desc) = sentinel_proto::pool().get_message_by_name(name) else {
+    let Some(desc) = sentinel_proto::message(name) else {
         return Err(ConfigError::new(path, format!("unknown type {type_url}")));
     };
     let inner = DynamicMessage::decode(desc, bytes.as_ref())
@@ -761,8 +760,7 @@ mod tests {
             );
         }
         for r in RULES {
-            let desc = sentinel_proto::pool()
-                .get_message_by_name(r.message)
+            let desc = sentinel_proto::message(r.message)
                 .unwrap_or_else(|| panic!("{} is not an Envoy message", r.message));
             for f in r.supported.iter().chain(r.ignored) {
                 assert!(

@@ -21,6 +21,70 @@ pub struct RouteConfig {
     /// Removed from every request (no client is internal with Envoy's default
     /// internal_address_config).
     pub internal_only_headers: Vec<http::HeaderName>,
+    /// The virtual hosts by domain, built once here so that a request's lookup does not
+    /// scan every domain.
+    pub domains: DomainIndex,
+}
+
+/// Virtual host indexes by domain, in Envoy's precedence: exact, then the longest `*.suffix`,
+/// then the longest `prefix*`, then `*`. Wildcards are grouped by length (as Envoy does), so
+/// a lookup costs one hash probe per distinct wildcard length.
+#[derive(Debug, Clone, Default)]
+pub struct DomainIndex {
+    exact: std::collections::HashMap<String, usize>,
+    /// Suffix length -> suffix (with its leading `.` or whatever follows the `*`) -> index.
+    suffixes: std::collections::BTreeMap<usize, std::collections::HashMap<String, usize>>,
+    prefixes: std::collections::BTreeMap<usize, std::collections::HashMap<String, usize>>,
+    any: Option<usize>,
+}
+
+impl DomainIndex {
+    /// Domains are lower case and unique across the route configuration (checked before).
+    fn new(virtual_hosts: &[VirtualHost]) -> Self {
+        let mut index = Self::default();
+        for (i, vh) in virtual_hosts.iter().enumerate() {
+            for d in &vh.domains {
+                if d == "*" {
+                    index.any.get_or_insert(i);
+                } else if let Some(suffix) = d.strip_prefix('*') {
+                    let by_len = index.suffixes.entry(suffix.len()).or_default();
+                    by_len.entry(suffix.to_string()).or_insert(i);
+                } else if let Some(prefix) = d.strip_suffix('*') {
+                    let by_len = index.prefixes.entry(prefix.len()).or_default();
+                    by_len.entry(prefix.to_string()).or_insert(i);
+                } else {
+                    index.exact.entry(d.clone()).or_insert(i);
+                }
+            }
+        }
+        index
+    }
+
+    /// The index of the virtual host for a Host value (compared case-insensitively).
+    pub fn find(&self, host: &str) -> Option<usize> {
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        if let Some(i) = self.exact.get(host) {
+            return Some(*i);
+        }
+        // A wildcard must match at least one character: `*.a.com` does not match `.a.com`.
+        for (len, by) in self.suffixes.range(..host.len()).rev() {
+            if let Some(i) = host.get(host.len() - len..).and_then(|s| by.get(s)) {
+                return Some(*i);
+            }
+        }
+        for (len, by) in self.prefixes.range(..host.len()).rev() {
+            if let Some(i) = host.get(..*len).and_then(|p| by.get(p)) {
+                return Some(*i);
+            }
+        }
+        self.any
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -251,6 +315,7 @@ impl RouteConfig {
         }
         Ok(Self {
             name: rc.name.clone(),
+            domains: DomainIndex::new(&virtual_hosts),
             virtual_hosts,
             headers: HeaderMutations::from_proto(
                 &rc.request_headers_to_add,
