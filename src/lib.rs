@@ -25,6 +25,7 @@ pub mod retry;
 pub mod router;
 pub mod stats;
 pub mod upstream;
+mod upstream_request;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

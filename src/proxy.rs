@@ -19,13 +19,12 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use sentinel_xds::config::cluster::UpstreamProtocol;
 use sentinel_xds::config::hcm::{HttpConnectionManager, RouteSource};
 use sentinel_xds::config::route::{
-    Action, ClusterSpecifier, HeaderMutations, HostRewrite, RouteAction, RouteConfig,
+    Action, ClusterSpecifier, HeaderMutations, RouteAction, RouteConfig,
 };
 use sentinel_xds::{Snapshot, SnapshotHandle};
 
-use crate::headers::{self, mutate};
+use crate::headers;
 use crate::local_reply::{local_error, reply_for, LocalReply};
-use crate::mirror;
 use crate::request::{host, normalize, uuid4};
 use crate::retry::{self, Failure};
 use crate::router::{self, RequestView};
@@ -129,7 +128,7 @@ impl Ctx {
     }
 
     /// The matched virtual host.
-    fn vhost(&self) -> Option<&sentinel_xds::config::route::VirtualHost> {
+    pub(crate) fn vhost(&self) -> Option<&sentinel_xds::config::route::VirtualHost> {
         let (rc, (v, _)) = (self.route_config.as_ref()?, self.matched?);
         rc.virtual_hosts.get(v)
     }
@@ -569,134 +568,7 @@ impl ProxyHttp for HttpHandler {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let Some(a) = ctx.action.clone() else {
-            return Ok(());
-        };
-        // Path rewrites.
-        let pq = upstream
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        let (path, query) = pq
-            .split_once('?')
-            .map_or((pq.as_str(), None), |(p, q)| (p, Some(q)));
-        let mut new_path = None;
-        if let Some(prefix) = &a.prefix_rewrite {
-            if let (Some(rc), Some((v, i))) = (&ctx.route_config, ctx.matched) {
-                use sentinel_xds::config::route::PathMatch;
-                let matched_len = match &rc.virtual_hosts[v].routes[i].matcher.path {
-                    PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => p.len(),
-                    PathMatch::Exact(p) => p.len(),
-                    PathMatch::Regex(_) => path.len(),
-                };
-                new_path = Some(format!("{prefix}{}", &path[matched_len.min(path.len())..]));
-            }
-        } else if let Some((re, sub)) = &a.regex_rewrite {
-            new_path = Some(re.replace_all(path, sub.as_str()).into_owned());
-        }
-        if let Some(p) = new_path {
-            let uri = match query {
-                Some(q) => format!("{p}?{q}"),
-                None => p,
-            };
-            if let Ok(uri) = uri.parse() {
-                if !self.hcm.suppress_envoy_headers {
-                    let _ = upstream.insert_header("x-envoy-original-path", pq.as_str());
-                }
-                upstream.set_uri(uri);
-            }
-        }
-        // Pingora drops the hop-by-hop `te`; gRPC needs `te: trailers` upstream, as Envoy keeps.
-        let te_trailers = session
-            .req_header()
-            .headers
-            .get(http::header::TE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            });
-        if te_trailers {
-            let _ = upstream.insert_header(http::header::TE, "trailers");
-        }
-        // Host rewrites.
-        let new_host = match &a.host_rewrite {
-            Some(HostRewrite::Literal(h)) => Some(h.clone()),
-            Some(HostRewrite::Auto) => ctx
-                .host
-                .as_ref()
-                .map(|h| h.hostname.clone().unwrap_or_else(|| h.addr.to_string())),
-            Some(HostRewrite::Header(name)) => session
-                .req_header()
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            None => None,
-        };
-        if let Some(h) = new_host {
-            let _ = upstream.insert_header("host", h.as_str());
-            if upstream.uri.authority().is_some() {
-                if let Ok(uri) = http::Uri::builder()
-                    .scheme(upstream.uri.scheme_str().unwrap_or("http"))
-                    .authority(h.as_str())
-                    .path_and_query(
-                        upstream
-                            .uri
-                            .path_and_query()
-                            .map(|p| p.as_str())
-                            .unwrap_or("/"),
-                    )
-                    .build()
-                {
-                    upstream.set_uri(uri);
-                }
-            }
-        }
-        let most_specific = ctx
-            .route_config
-            .as_ref()
-            .is_some_and(|rc| rc.most_specific_header_mutations_wins);
-        mutate(
-            upstream,
-            &ctx.levels(),
-            most_specific,
-            |l| &l.request_remove,
-            |l| &l.request_add,
-            |add| headers::render(&add.value, &ctx.vars(Some(session.req_header()))),
-        );
-        if let (Some(t), false) = (ctx.route_timeout, self.hcm.suppress_envoy_headers) {
-            let _ =
-                upstream.insert_header("x-envoy-expected-rq-timeout-ms", t.as_millis().to_string());
-        }
-        // With max_grpc_timeout, the upstream is told the timeout that applies.
-        if let (Some(t), Some(_)) = (ctx.route_timeout, a.max_grpc_timeout) {
-            let _ = upstream.insert_header("grpc-timeout", format!("{}m", t.as_millis()));
-        }
-        if ctx.vhost().is_some_and(|v| v.attempt_count_upstream) {
-            let _ = upstream.insert_header("x-envoy-attempt-count", ctx.attempts.to_string());
-        }
-        crate::ext_proc_body::upstream_framing(ctx, upstream);
-        // Envoy counts the headers it forwards (its own included) against max_headers_count.
-        let hop_by_hop = ["connection", "keep-alive", "proxy-connection", "upgrade"]
-            .iter()
-            .map(|h| upstream.headers.get_all(*h).iter().count())
-            .sum::<usize>();
-        if upstream.headers.len() - hop_by_hop > self.hcm.max_headers_count as usize {
-            return Err(local_error(431));
-        }
-        if ctx.mirrors.is_none() {
-            let senders = a
-                .mirrors
-                .iter()
-                .filter(|m| rand::random_range(0..1_000_000) < m.fraction_per_million)
-                .filter_map(|m| self.clusters.get(&m.cluster))
-                .filter_map(|c| mirror::start(c, upstream))
-                .collect();
-            ctx.mirrors = Some(senders);
-        }
-        Ok(())
+        self.prepare_upstream_request(session.req_header(), upstream, ctx)
     }
 
     async fn request_body_filter(
