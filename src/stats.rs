@@ -213,50 +213,41 @@ impl Registry {
         };
         for (p, s) in self.http.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let l = "envoy_http_conn_manager_prefix";
-            push(
-                "http",
-                l,
-                p,
-                "downstream_rq_total",
-                s.downstream_rq_total.get() as i64,
-            );
-            push(
-                "http",
-                l,
-                p,
-                "downstream_rq_completed",
-                s.downstream_rq_completed.get() as i64,
-            );
-            push(
-                "http",
-                l,
-                p,
-                "downstream_rq_active",
-                s.downstream_rq_active.get(),
-            );
-            for (stat, c) in [
-                ("downstream_rq_http1_total", &s.downstream_rq_http1_total),
-                ("downstream_rq_http2_total", &s.downstream_rq_http2_total),
-                ("downstream_cx_total", &s.downstream_cx_total),
-                ("downstream_cx_http1_total", &s.downstream_cx_http1_total),
-                ("downstream_cx_http2_total", &s.downstream_cx_http2_total),
+            for (stat, value) in [
+                ("downstream_rq_total", s.downstream_rq_total.get() as i64),
+                (
+                    "downstream_rq_completed",
+                    s.downstream_rq_completed.get() as i64,
+                ),
+                ("downstream_rq_active", s.downstream_rq_active.get()),
+                (
+                    "downstream_rq_http1_total",
+                    s.downstream_rq_http1_total.get() as i64,
+                ),
+                (
+                    "downstream_rq_http2_total",
+                    s.downstream_rq_http2_total.get() as i64,
+                ),
+                ("downstream_cx_total", s.downstream_cx_total.get() as i64),
+                (
+                    "downstream_cx_http1_total",
+                    s.downstream_cx_http1_total.get() as i64,
+                ),
+                (
+                    "downstream_cx_http2_total",
+                    s.downstream_cx_http2_total.get() as i64,
+                ),
                 (
                     "downstream_cx_protocol_error",
-                    &s.downstream_cx_protocol_error,
+                    s.downstream_cx_protocol_error.get() as i64,
                 ),
+                ("no_route", s.no_route.get() as i64),
+                ("no_cluster", s.no_cluster.get() as i64),
+                ("rq_redirect", s.rq_redirect.get() as i64),
+                ("rq_direct_response", s.rq_direct_response.get() as i64),
             ] {
-                push("http", l, p, stat, c.get() as i64);
+                push("http", l, p, stat, value);
             }
-            push("http", l, p, "no_route", s.no_route.get() as i64);
-            push("http", l, p, "no_cluster", s.no_cluster.get() as i64);
-            push("http", l, p, "rq_redirect", s.rq_redirect.get() as i64);
-            push(
-                "http",
-                l,
-                p,
-                "rq_direct_response",
-                s.rq_direct_response.get() as i64,
-            );
             push_classes("http", l, p, "downstream_rq", &s.downstream_rq_xx);
         }
         for (c, s) in self
@@ -266,69 +257,31 @@ impl Registry {
             .iter()
         {
             let l = "envoy_cluster_name";
-            push(
-                "cluster",
-                l,
-                c,
-                "upstream_rq_total",
-                s.upstream_rq_total.get() as i64,
-            );
-            push(
-                "cluster",
-                l,
-                c,
-                "upstream_rq_completed",
-                s.upstream_rq_completed.get() as i64,
-            );
-            push(
-                "cluster",
-                l,
-                c,
-                "upstream_rq_active",
-                s.upstream_rq_active.get(),
-            );
-            push(
-                "cluster",
-                l,
-                c,
-                "upstream_rq_timeout",
-                s.upstream_rq_timeout.get() as i64,
-            );
-            push(
-                "cluster",
-                l,
-                c,
-                "upstream_rq_per_try_timeout",
-                s.upstream_rq_per_try_timeout.get() as i64,
-            );
-            push(
-                "cluster",
-                l,
-                c,
-                "upstream_rq_retry",
-                s.upstream_rq_retry.get() as i64,
-            );
-            push(
-                "cluster",
-                l,
-                c,
-                "upstream_cx_connect_fail",
-                s.upstream_cx_connect_fail.get() as i64,
-            );
-            push(
-                "cluster",
-                l,
-                c,
-                "upstream_cx_none_healthy",
-                s.upstream_cx_none_healthy.get() as i64,
-            );
-            push(
-                "cluster",
-                l,
-                c,
-                "membership_total",
-                s.membership_total.get(),
-            );
+            for (stat, value) in [
+                ("upstream_rq_total", s.upstream_rq_total.get() as i64),
+                (
+                    "upstream_rq_completed",
+                    s.upstream_rq_completed.get() as i64,
+                ),
+                ("upstream_rq_active", s.upstream_rq_active.get()),
+                ("upstream_rq_timeout", s.upstream_rq_timeout.get() as i64),
+                (
+                    "upstream_rq_per_try_timeout",
+                    s.upstream_rq_per_try_timeout.get() as i64,
+                ),
+                ("upstream_rq_retry", s.upstream_rq_retry.get() as i64),
+                (
+                    "upstream_cx_connect_fail",
+                    s.upstream_cx_connect_fail.get() as i64,
+                ),
+                (
+                    "upstream_cx_none_healthy",
+                    s.upstream_cx_none_healthy.get() as i64,
+                ),
+                ("membership_total", s.membership_total.get()),
+            ] {
+                push("cluster", l, c, stat, value);
+            }
             push_classes("cluster", l, c, "upstream_rq", &s.upstream_rq_xx);
         }
         for (a, s) in self
@@ -338,27 +291,16 @@ impl Registry {
             .iter()
         {
             let l = "envoy_listener_address";
-            push(
-                "listener",
-                l,
-                a,
-                "downstream_cx_total",
-                s.downstream_cx_total.get() as i64,
-            );
-            push(
-                "listener",
-                l,
-                a,
-                "downstream_cx_active",
-                s.downstream_cx_active.get(),
-            );
-            push(
-                "listener",
-                l,
-                a,
-                "no_filter_chain_match",
-                s.no_filter_chain_match.get() as i64,
-            );
+            for (stat, value) in [
+                ("downstream_cx_total", s.downstream_cx_total.get() as i64),
+                ("downstream_cx_active", s.downstream_cx_active.get()),
+                (
+                    "no_filter_chain_match",
+                    s.no_filter_chain_match.get() as i64,
+                ),
+            ] {
+                push("listener", l, a, stat, value);
+            }
         }
         for ((hcm, filter), s) in self
             .ext_proc
