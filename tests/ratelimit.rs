@@ -66,6 +66,18 @@ async fn rls() -> (SocketAddr, Rls) {
     (addr, svc)
 }
 
+/// An upstream `up` and the recording RLS as cluster `rls`: the clusters, and the RLS.
+async fn upstream_and_rls() -> (String, Rls) {
+    let (up, _) = scripted_upstream("up", |_| 200).await;
+    let (rls_addr, rls) = rls().await;
+    let clusters = format!(
+        "[ {}, {} ]",
+        static_cluster("up", &[up]),
+        h2_cluster("rls", rls_addr)
+    );
+    (clusters, rls)
+}
+
 const ROUTES: &str = r#"[
   { match: { prefix: /deny }, route: { cluster: up, rate_limits: [ { actions: [ { generic_key: { descriptor_value: deny } } ] } ] } },
   { match: { prefix: /ok }, route: { cluster: up, rate_limits: [ { actions: [ { generic_key: { descriptor_value: ok } }, { request_headers: { header_name: x-user, descriptor_key: user, skip_if_absent: true } } ] } ] } },
@@ -80,13 +92,7 @@ fn filter(cluster: &str, deny_on_failure: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_limit_is_429_and_descriptors_follow_the_actions() {
-    let (up, _) = scripted_upstream("up", |_| 200).await;
-    let (rls_addr, rls) = rls().await;
-    let clusters = format!(
-        "[ {}, {} ]",
-        static_cluster("up", &[up]),
-        h2_cluster("rls", rls_addr)
-    );
+    let (clusters, rls) = upstream_and_rls().await;
     let (_p, addr) = static_proxy_with(&filter("rls", false), ROUTES, &clusters).await;
     let (s, h, _) = get(addr, "/deny").await.unwrap();
     assert_eq!(s, 429);
@@ -135,13 +141,7 @@ async fn failure_mode_follows_failure_mode_deny() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_route_config_picks_rules_domain_and_hits_addend() {
-    let (up, _) = scripted_upstream("up", |_| 200).await;
-    let (rls_addr, rls) = rls().await;
-    let clusters = format!(
-        "[ {}, {} ]",
-        static_cluster("up", &[up]),
-        h2_cluster("rls", rls_addr)
-    );
+    let (clusters, rls) = upstream_and_rls().await;
     let per_route = |body: &str| {
         format!(
             r#"typed_per_filter_config: {{ envoy.filters.http.ratelimit: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute, {body} }} }}"#
@@ -192,13 +192,7 @@ async fn per_route_config_picks_rules_domain_and_hits_addend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_filters_own_rate_limits_replace_the_routes() {
-    let (up, _) = scripted_upstream("up", |_| 200).await;
-    let (rls_addr, rls) = rls().await;
-    let clusters = format!(
-        "[ {}, {} ]",
-        static_cluster("up", &[up]),
-        h2_cluster("rls", rls_addr)
-    );
+    let (clusters, rls) = upstream_and_rls().await;
     let own = r#"rate_limits: [ { actions: [ { generic_key: { descriptor_value: filter-level } } ], hits_addend: { number: 5 } } ], "#;
     let filters = filter("rls", false).replace("domain: test, ", &format!("domain: test, {own}"));
     let (_p, addr) = static_proxy_with(&filters, ROUTES, &clusters).await;
