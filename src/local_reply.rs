@@ -66,12 +66,7 @@ impl HttpHandler {
         extra: &[(&str, String)],
         ctx: &Ctx,
     ) -> Result<()> {
-        let grpc = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
+        let grpc = crate::request::is_grpc(&session.req_header().headers);
         let mut resp;
         if grpc && status != 200 {
             // gRPC clients read errors from grpc-status: a trailers-only answer, as in Envoy.

@@ -154,6 +154,14 @@ pub(crate) fn forwarding_headers(
     }
 }
 
+/// A gRPC request: `content-type: application/grpc` (or `+proto`, `+json`...).
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
 /// The route's timeout for this request: a gRPC call's `grpc-timeout` when the route has
 /// `max_grpc_timeout` (Envoy's `FilterUtility::finalTimeout`), else the route's `timeout`.
 pub(crate) fn route_timeout(
@@ -164,11 +172,7 @@ pub(crate) fn route_timeout(
     let Some(max) = a.max_grpc_timeout else {
         return a.timeout;
     };
-    let grpc = req
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if !grpc {
+    if !is_grpc(&req.headers) {
         return a.timeout;
     }
     let mut t = req

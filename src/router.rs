@@ -48,13 +48,7 @@ fn matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
     if !path_ok {
         return false;
     }
-    if m.grpc
-        && !req
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"))
-    {
+    if m.grpc && !crate::request::is_grpc(req.headers) {
         return false;
     }
     for h in &m.headers {
