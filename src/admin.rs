@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -36,26 +36,7 @@ pub fn hostname() -> String {
 }
 
 fn timestamp(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86400, secs % 86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    crate::timefmt::rfc3339(t, crate::timefmt::Fraction::Millis)
 }
 
 fn resource_json(e: &DumpEntry) -> Value {
@@ -304,7 +285,7 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339() {
         assert_eq!(
-            timestamp(UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123)),
+            timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123)),
             "2023-11-14T22:13:20.123Z"
         );
     }

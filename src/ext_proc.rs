@@ -11,6 +11,7 @@ use sentinel_proto::pb::envoy::service::ext_proc::v3::{
     external_processor_client::ExternalProcessorClient, processing_request, processing_response,
     HeaderMutation, HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse,
 };
+use sentinel_proto::pb::google::protobuf::Struct;
 use sentinel_xds::config::ext_proc::{ExtProc, MutationRules, ProcessingMode};
 use tokio::sync::mpsc;
 
@@ -51,11 +52,18 @@ pub(crate) struct Conversation {
     pub stats: Arc<ExtProcStats>,
     /// The processor ended the stream: it gets no more messages.
     closed: bool,
+    /// `request_attributes` and `response_attributes`, evaluated and waiting for the first
+    /// message of their direction.
+    pub(crate) request_attributes: Option<Attributes>,
+    pub(crate) response_attributes: Option<Attributes>,
     stream: Option<(
         mpsc::Sender<ProcessingRequest>,
         tonic::Streaming<ProcessingResponse>,
     )>,
 }
+
+/// A message's `attributes`.
+pub(crate) type Attributes = std::collections::HashMap<String, Struct>;
 
 /// What the processor said about a set of headers.
 pub(crate) enum Outcome {
@@ -129,6 +137,8 @@ impl Conversation {
             request_body: Default::default(),
             observer: None,
             closed: false,
+            request_attributes: None,
+            response_attributes: None,
             stream: None,
         }
     }
@@ -147,15 +157,32 @@ impl Conversation {
         resp
     }
 
+    /// Puts the attributes still pending for the message's direction on it: Envoy sends them
+    /// with the first message the processor gets for the request, and for the response.
+    pub(crate) fn stamp(&mut self, msg: &mut ProcessingRequest) {
+        use processing_request::Request as R;
+        let pending = match &msg.request {
+            Some(R::RequestHeaders(_) | R::RequestBody(_) | R::RequestTrailers(_)) => {
+                &mut self.request_attributes
+            }
+            Some(_) => &mut self.response_attributes,
+            None => return,
+        };
+        if let Some(a) = pending.take() {
+            msg.attributes = a;
+        }
+    }
+
     /// Sends one message and waits (at most `message_timeout`) for its answer.
     pub(crate) async fn exchange(
         &mut self,
         clusters: &ClusterManager,
-        msg: ProcessingRequest,
+        mut msg: ProcessingRequest,
     ) -> Result<ProcessingResponse, Failure> {
         if self.closed {
             return Err(Failure::Closed);
         }
+        self.stamp(&mut msg);
         let timeout = self.config.message_timeout;
         let stats = self.stats.clone();
         let work = async {

@@ -145,6 +145,12 @@ impl HttpHandler {
         }
         let mut data = body.take().unwrap_or_default();
         let mut convs = std::mem::take(&mut ctx.ext_proc);
+        // Attributes not sent yet go with a body message: Envoy evaluates them when it sends,
+        // so by now the upstream is known.
+        for conv in convs.iter_mut().filter(|c| c.request_attributes.is_some()) {
+            let attributes = &conv.config.request_attributes;
+            conv.request_attributes = self.attributes(attributes, session.req_header(), None, ctx);
+        }
         let mut stop = None;
         for conv in convs.iter_mut() {
             match self.feed(conv, data, end).await {

@@ -37,8 +37,9 @@ impl Conversation {
     pub(crate) async fn observe(
         &mut self,
         clusters: &ClusterManager,
-        msg: ProcessingRequest,
+        mut msg: ProcessingRequest,
     ) -> Result<(), Failure> {
+        self.stamp(&mut msg);
         if let Some(o) = &self.observer {
             match o.tx.try_send(msg) {
                 Ok(()) => self.stats.stream_msgs_sent.inc(),

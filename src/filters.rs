@@ -148,6 +148,7 @@ impl HttpHandler {
         }
         let stats = self.ext_proc_stats.get(name).cloned().unwrap_or_default();
         let mut conv = ext_proc::Conversation::new(config.clone(), mode, stats);
+        conv.request_attributes = self.attributes(&config.request_attributes, req, None, ctx);
         let end = ctx.request_end_of_stream;
         if config.observability_mode {
             if mode.request_headers {
@@ -206,6 +207,23 @@ impl HttpHandler {
         None
     }
 
+    /// A processor's attributes, evaluated now.
+    pub(crate) fn attributes(
+        &self,
+        attributes: &[sentinel_xds::config::ext_proc_attributes::Attribute],
+        req: &RequestHeader,
+        resp: Option<&ResponseHeader>,
+        ctx: &Ctx,
+    ) -> Option<ext_proc::Attributes> {
+        let sources = crate::ext_proc_attributes::Sources {
+            req,
+            resp,
+            ctx,
+            filter_chain: &self.filter_chain,
+        };
+        crate::ext_proc_attributes::evaluate(attributes, &sources)
+    }
+
     /// A processor that failed: pass the request on, or answer 504/500 (`failure_mode_allow`).
     fn ext_proc_failure(
         &self,
@@ -229,9 +247,16 @@ impl HttpHandler {
 
     /// The response headers go to each processor that asked for them, in reverse filter
     /// order (as Envoy encodes). Returns the status to answer with instead, on failure.
-    pub(crate) async fn ext_proc_response(&self, resp: &mut ResponseHeader, ctx: &mut Ctx) {
+    pub(crate) async fn ext_proc_response(
+        &self,
+        req: &RequestHeader,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) {
         let mut convs = std::mem::take(&mut ctx.ext_proc);
         for conv in convs.iter_mut().rev() {
+            let attributes = &conv.config.response_attributes;
+            conv.response_attributes = self.attributes(attributes, req, Some(resp), ctx);
             if !conv.mode.response_headers {
                 continue;
             }

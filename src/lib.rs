@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cli;
 mod downstream;
 mod ext_proc;
+mod ext_proc_attributes;
 mod ext_proc_body;
 mod ext_proc_observe;
 mod filters;
@@ -24,6 +25,7 @@ mod request;
 pub mod retry;
 pub mod router;
 pub mod stats;
+mod timefmt;
 pub mod upstream;
 mod upstream_request;
 

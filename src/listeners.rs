@@ -355,6 +355,7 @@ impl ListenerManager {
             );
             let handler = HttpHandler {
                 ext_proc_stats,
+                filter_chain: fc.name.as_str().into(),
                 stats: shared.stats.http(&hcm.stat_prefix),
                 hcm,
                 snapshots: shared.snapshots.clone(),

@@ -43,6 +43,8 @@ pub struct HttpHandler {
     pub local_cluster: Arc<str>,
     /// The listener's `per_connection_buffer_limit_bytes`: the most a filter buffers.
     pub buffer_limit: u32,
+    /// The filter chain's `name`, for ext_proc's `xds.filter_chain_name`.
+    pub filter_chain: Arc<str>,
     /// Each ext_proc filter's stats, by filter name.
     pub ext_proc_stats: Arc<std::collections::HashMap<String, Arc<crate::stats::ExtProcStats>>>,
 }
@@ -686,7 +688,8 @@ impl ProxyHttp for HttpHandler {
             let _ = resp.insert_header("x-envoy-attempt-count", ctx.attempts.to_string());
         }
         if !ctx.ext_proc.is_empty() {
-            self.ext_proc_response(resp, ctx).await;
+            self.ext_proc_response(session.req_header(), resp, ctx)
+                .await;
         }
         self.finish_response_headers(resp, ctx, session.req_header());
         Ok(())

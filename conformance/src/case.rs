@@ -150,7 +150,8 @@ pub struct ExtProcAnswer {
     /// Response headers: report what the processor got before, as response headers
     /// `x-proc-request-eos` (the request headers' end_of_stream), `x-proc-body` (the request
     /// body messages joined), `x-proc-body-eos` (the last one's end_of_stream) and
-    /// `x-proc-body-msgs` (how many) and `x-proc-body-len` (their total length);
+    /// `x-proc-body-msgs` (how many) and `x-proc-body-len` (their total length), and
+    /// `x-proc-attributes` (each message's `attributes`, as `kind{key=value;...}`);
     /// `x-proc-body` is left out past 1 KiB.
     #[serde(default)]
     pub report: bool,

@@ -51,6 +51,29 @@ struct Seen {
     body: Vec<u8>,
     body_eos: Option<bool>,
     body_msgs: usize,
+    /// The attributes each message carried, by message kind, as `kind{key=value;...}`.
+    attributes: Vec<String>,
+}
+
+/// A message's `attributes` (the ext_proc filter's Struct) as `key=value;...`, keys sorted.
+fn attributes(msg: &ProcessingRequest) -> Option<String> {
+    use sentinel_proto::pb::google::protobuf::value::Kind;
+    let fields = &msg.attributes.get("envoy.filters.http.ext_proc")?.fields;
+    let mut pairs: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| {
+            let v = match &v.kind {
+                Some(Kind::StringValue(s)) => format!("'{s}'"),
+                Some(Kind::NumberValue(n)) => n.to_string(),
+                Some(Kind::BoolValue(b)) => b.to_string(),
+                Some(Kind::NullValue(_)) => "null".into(),
+                other => format!("{other:?}"),
+            };
+            format!("{k}={v}")
+        })
+        .collect();
+    pairs.sort();
+    Some(pairs.join(";"))
 }
 
 impl Seen {
@@ -64,6 +87,9 @@ impl Seen {
         ];
         if self.body.len() <= 1024 {
             out.push(option("x-proc-body", &String::from_utf8_lossy(&self.body)));
+        }
+        if !self.attributes.is_empty() {
+            out.push(option("x-proc-attributes", &self.attributes.join(" ")));
         }
         out
     }
@@ -179,6 +205,18 @@ impl ExternalProcessor for Scripted {
         tokio::spawn(async move {
             let mut seen = Seen::default();
             while let Ok(Some(msg)) = inbound.message().await {
+                if let Some(attrs) = attributes(&msg) {
+                    let kind = match &msg.request {
+                        Some(Request::RequestHeaders(_)) => "request_headers",
+                        Some(Request::RequestBody(_)) => "request_body",
+                        Some(Request::RequestTrailers(_)) => "request_trailers",
+                        Some(Request::ResponseHeaders(_)) => "response_headers",
+                        Some(Request::ResponseBody(_)) => "response_body",
+                        Some(Request::ResponseTrailers(_)) => "response_trailers",
+                        None => "none",
+                    };
+                    seen.attributes.push(format!("{kind}{{{attrs}}}"));
+                }
                 let (response, answer) = match &msg.request {
                     Some(Request::RequestHeaders(h)) => {
                         seen.request_eos = Some(h.end_of_stream);

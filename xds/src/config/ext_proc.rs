@@ -5,7 +5,8 @@
 //! (STREAMED, BUFFERED, BUFFERED_PARTIAL) with body mutations, header mutations under
 //! `mutation_rules`, immediate responses, `message_timeout`, `failure_mode_allow`,
 //! `allow_mode_override`, `observability_mode`, and the per-route `ExtProcPerRoute`
-//! (disabled, or another processing mode). Response body
+//! (disabled, or another processing mode), and `request_attributes`/`response_attributes`
+//! that name single attributes (ext_proc_attributes.rs). Response body
 //! processing, FULL_DUPLEX_STREAMED and trailer processing are refused with a NACK until they
 //! are implemented.
 
@@ -16,6 +17,7 @@ use sentinel_proto::pb::envoy::config::common::mutation_rules::v3 as rules_pb;
 use sentinel_proto::pb::envoy::config::core::v3 as core_pb;
 use sentinel_proto::pb::envoy::extensions::filters::http::ext_proc::v3 as pb;
 
+use super::ext_proc_attributes::Attribute;
 use super::matcher::full_regex;
 use super::{duration, ConfigError, Result};
 
@@ -178,6 +180,9 @@ pub struct ExtProc {
     pub observability_mode: bool,
     /// Its stats are `http.<hcm stat_prefix>.ext_proc.<stat_prefix>.*`.
     pub stat_prefix: String,
+    /// Sent with the first message of the request and of the response.
+    pub request_attributes: Vec<Attribute>,
+    pub response_attributes: Vec<Attribute>,
 }
 
 fn cluster_of(g: Option<&core_pb::GrpcService>, path: &str) -> Result<String> {
@@ -217,6 +222,8 @@ impl ExtProc {
             disable_immediate_response: c.disable_immediate_response,
             observability_mode: c.observability_mode,
             stat_prefix: c.stat_prefix.clone(),
+            request_attributes: Attribute::list(&c.request_attributes, "request_attributes")?,
+            response_attributes: Attribute::list(&c.response_attributes, "response_attributes")?,
         })
     }
 }

@@ -485,6 +485,8 @@ pub static RULES: &[Rule] = &[
             "disable_immediate_response",
             "observability_mode",
             "stat_prefix",
+            "request_attributes",
+            "response_attributes",
         ],
         &[],
     ),

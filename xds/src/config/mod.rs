@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod endpoint;
 pub mod ext_proc;
+pub mod ext_proc_attributes;
 pub mod fields;
 pub mod hcm;
 pub mod header_mutation;
