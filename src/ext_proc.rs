@@ -146,7 +146,7 @@ impl Conversation {
     /// Takes the processor's `mode_override` from an answer to headers, when the filter has
     /// `allow_mode_override` (as Envoy: the new mode applies to the rest of the request and
     /// to the response). An override asking for a mode Sentinel does not implement (response
-    /// body, FULL_DUPLEX_STREAMED, trailers) is ignored whole and logged.
+    /// body, response trailers) is ignored whole and logged.
     pub(crate) fn mode_override(&mut self, mut resp: ProcessingResponse) -> ProcessingResponse {
         if let (true, Some(m)) = (self.config.allow_mode_override, resp.mode_override.take()) {
             match ProcessingMode::overridden(&m) {
@@ -177,47 +177,95 @@ impl Conversation {
     pub(crate) async fn exchange(
         &mut self,
         clusters: &ClusterManager,
-        mut msg: ProcessingRequest,
+        msg: ProcessingRequest,
     ) -> Result<ProcessingResponse, Failure> {
-        if self.closed {
-            return Err(Failure::Closed);
-        }
-        self.stamp(&mut msg);
         let timeout = self.config.message_timeout;
-        let stats = self.stats.clone();
         let work = async {
-            match &mut self.stream {
-                Some((tx, _)) => tx.send(msg).await.map_err(|_| Failure::Error)?,
-                None => {
-                    stats.streams_started.inc();
-                    let host = clusters
-                        .get(&self.config.cluster)
-                        .and_then(|c| c.pick())
-                        .ok_or(Failure::Error)?;
-                    let (tx, rx) = mpsc::channel(4);
-                    // Queue the first message before the call: some servers answer the
-                    // call's headers only with their first message.
-                    tx.send(msg).await.map_err(|_| Failure::Error)?;
-                    let mut client = ExternalProcessorClient::new(host.grpc_channel());
-                    let call = client.process(tokio_stream::wrappers::ReceiverStream::new(rx));
-                    let responses = call.await.map_err(|_| Failure::Error)?.into_inner();
-                    self.stream = Some((tx, responses));
-                }
-            }
-            stats.stream_msgs_sent.inc();
-            let (_, responses) = self.stream.as_mut().expect("opened above");
-            let answer = match responses.message().await {
-                Ok(Some(a)) => a,
-                Ok(None) => return Err(Failure::Closed),
-                Err(_) => return Err(Failure::Error),
-            };
-            stats.stream_msgs_received.inc();
-            Ok(answer)
+            self.send(clusters, msg).await?;
+            self.receive().await
         };
         let result = tokio::time::timeout(timeout, work)
             .await
             .unwrap_or(Err(Failure::Timeout));
-        match result {
+        self.settle(result)
+    }
+
+    /// Sends one message without waiting for its answer (FULL_DUPLEX_STREAMED); the first
+    /// one opens the stream.
+    pub(crate) async fn send_only(
+        &mut self,
+        clusters: &ClusterManager,
+        msg: ProcessingRequest,
+    ) -> Result<(), Failure> {
+        let result = self.send(clusters, msg).await;
+        self.settle(result)
+    }
+
+    /// The next answer, waiting at most `wait`; with a zero `wait`, only one already there.
+    pub(crate) async fn next_answer(
+        &mut self,
+        wait: std::time::Duration,
+    ) -> Option<Result<ProcessingResponse, Failure>> {
+        let result = if wait.is_zero() {
+            futures::FutureExt::now_or_never(self.receive())?
+        } else {
+            tokio::time::timeout(wait, self.receive())
+                .await
+                .unwrap_or(Err(Failure::Timeout))
+        };
+        Some(self.settle(result))
+    }
+
+    async fn send(
+        &mut self,
+        clusters: &ClusterManager,
+        mut msg: ProcessingRequest,
+    ) -> Result<(), Failure> {
+        if self.closed {
+            return Err(Failure::Closed);
+        }
+        self.stamp(&mut msg);
+        match &mut self.stream {
+            Some((tx, _)) => tx.send(msg).await.map_err(|_| Failure::Error)?,
+            None => {
+                self.stats.streams_started.inc();
+                let host = clusters
+                    .get(&self.config.cluster)
+                    .and_then(|c| c.pick())
+                    .ok_or(Failure::Error)?;
+                let (tx, rx) = mpsc::channel(4);
+                // Queue the first message before the call: some servers answer the
+                // call's headers only with their first message.
+                tx.send(msg).await.map_err(|_| Failure::Error)?;
+                let mut client = ExternalProcessorClient::new(host.grpc_channel());
+                let call = client.process(tokio_stream::wrappers::ReceiverStream::new(rx));
+                let responses = call.await.map_err(|_| Failure::Error)?.into_inner();
+                self.stream = Some((tx, responses));
+            }
+        }
+        self.stats.stream_msgs_sent.inc();
+        Ok(())
+    }
+
+    /// Reads one answer (cancel-safe: tonic's `message` is).
+    async fn receive(&mut self) -> Result<ProcessingResponse, Failure> {
+        if self.closed {
+            return Err(Failure::Closed);
+        }
+        let (_, responses) = self.stream.as_mut().ok_or(Failure::Error)?;
+        match responses.message().await {
+            Ok(Some(a)) => {
+                self.stats.stream_msgs_received.inc();
+                Ok(a)
+            }
+            Ok(None) => Err(Failure::Closed),
+            Err(_) => Err(Failure::Error),
+        }
+    }
+
+    /// Counts a failure and leaves the stream as it says.
+    fn settle<T>(&mut self, result: Result<T, Failure>) -> Result<T, Failure> {
+        match &result {
             Err(Failure::Timeout) => self.stats.message_timeouts.inc(),
             Err(Failure::Error) => {
                 self.stats.streams_failed.inc();

@@ -54,12 +54,12 @@ pub(crate) struct Replay {
 }
 
 /// Why a body cannot go on: the answer the client gets instead.
-enum Stop {
+pub(crate) enum Stop {
     Reply(FilterReply),
     Status(u16),
 }
 
-fn body_message(body: Bytes, end_of_stream: bool) -> ProcessingRequest {
+pub(crate) fn body_message(body: Bytes, end_of_stream: bool) -> ProcessingRequest {
     ProcessingRequest {
         request: Some(processing_request::Request::RequestBody(HttpBody {
             body: body.to_vec(),
@@ -101,7 +101,7 @@ enum Answer {
     Failed(Failure),
 }
 
-fn failure_reply(f: Failure) -> Stop {
+pub(crate) fn failure_reply(f: Failure) -> Stop {
     Stop::Status(f.status())
 }
 
@@ -213,9 +213,12 @@ impl HttpHandler {
             }
             return Ok(data);
         }
+        if mode == BodyMode::FullDuplexStreamed {
+            return self.full_duplex(conv, data, end).await;
+        }
         let limit = self.buffer_limit as usize;
         let (message, eos) = match mode {
-            BodyMode::None => unreachable!("checked above"),
+            BodyMode::None | BodyMode::FullDuplexStreamed => unreachable!("handled above"),
             BodyMode::Streamed => {
                 if data.is_empty() && !end {
                     return Ok(data);
@@ -281,14 +284,14 @@ impl HttpHandler {
     }
 }
 
-/// When a processor may change the request body's length as it streams (STREAMED and
-/// BUFFERED_PARTIAL), the request goes upstream without `content-length`, as in Envoy:
+/// When a processor may change the request body's length as it streams (STREAMED,
+/// BUFFERED_PARTIAL and FULL_DUPLEX_STREAMED), the request goes upstream without `content-length`, as in Envoy:
 /// chunked on HTTP/1.
 pub(crate) fn upstream_framing(ctx: &Ctx, upstream: &mut RequestHeader) {
     let streams = ctx.ext_proc.iter().any(|c| {
         matches!(
             c.mode.request_body,
-            BodyMode::Streamed | BodyMode::BufferedPartial
+            BodyMode::Streamed | BodyMode::BufferedPartial | BodyMode::FullDuplexStreamed
         )
     });
     if !streams || ctx.request_end_of_stream {

@@ -11,6 +11,7 @@ mod downstream;
 mod ext_proc;
 mod ext_proc_attributes;
 mod ext_proc_body;
+mod ext_proc_duplex;
 mod ext_proc_observe;
 mod filters;
 mod headers;

@@ -147,6 +147,10 @@ pub struct ExtProcAnswer {
     /// Body messages: clear the body (chunk).
     #[serde(default)]
     pub clear_body: bool,
+    /// Body messages: answer as FULL_DUPLEX_STREAMED wants, with a `streamed_response` that
+    /// carries the chunk upper-cased and the message's `end_of_stream`.
+    #[serde(default)]
+    pub streamed: bool,
     /// Response headers: report what the processor got before, as response headers
     /// `x-proc-request-eos` (the request headers' end_of_stream), `x-proc-body` (the request
     /// body messages joined), `x-proc-body-eos` (the last one's end_of_stream) and

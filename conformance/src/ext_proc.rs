@@ -13,7 +13,7 @@ use sentinel_proto::pb::envoy::service::ext_proc::v3::{
     processing_request::Request,
     processing_response::Response,
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
-    ImmediateResponse, ProcessingRequest, ProcessingResponse,
+    ImmediateResponse, ProcessingRequest, ProcessingResponse, StreamedBodyResponse,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -136,7 +136,13 @@ enum Phase {
 }
 
 /// The message for an answer, as a reply of the message's kind.
-async fn reply(answer: &ExtProcAnswer, phase: Phase, seen: &Seen) -> Response {
+/// `streamed`: the body message's chunk and end_of_stream, for a `streamed` answer.
+async fn reply(
+    answer: &ExtProcAnswer,
+    phase: Phase,
+    seen: &Seen,
+    streamed: Option<(Vec<u8>, bool)>,
+) -> Response {
     if let Some(ms) = answer.delay_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -159,6 +165,16 @@ async fn reply(answer: &ExtProcAnswer, phase: Phase, seen: &Seen) -> Response {
         set_headers.extend(seen.headers());
     }
     let body_mutation = match (&answer.body, answer.clear_body) {
+        _ if answer.streamed => {
+            let (chunk, end_of_stream) = streamed.unwrap_or_default();
+            Some(body_mutation::Mutation::StreamedResponse(
+                StreamedBodyResponse {
+                    body: chunk.to_ascii_uppercase(),
+                    end_of_stream,
+                    ..Default::default()
+                },
+            ))
+        }
         (Some(b), _) => Some(body_mutation::Mutation::Body(b.as_bytes().to_vec())),
         (None, true) => Some(body_mutation::Mutation::ClearBody(true)),
         (None, false) => None,
@@ -223,18 +239,28 @@ impl ExternalProcessor for Scripted {
                         let path = pseudo(h, ":path").unwrap_or_default();
                         let path = path.split('?').next().unwrap_or_default();
                         let answer = script.paths.get(path).unwrap_or(&script.request);
-                        (reply(answer, Phase::RequestHeaders, &seen).await, answer)
+                        (
+                            reply(answer, Phase::RequestHeaders, &seen, None).await,
+                            answer,
+                        )
                     }
                     Some(Request::RequestBody(b)) => {
                         seen.body.extend_from_slice(&b.body);
                         seen.body_eos = Some(b.end_of_stream);
                         seen.body_msgs += 1;
                         let answer = &script.request_body;
-                        (reply(answer, Phase::RequestBody, &seen).await, answer)
+                        let chunk = Some((b.body.clone(), b.end_of_stream));
+                        (
+                            reply(answer, Phase::RequestBody, &seen, chunk).await,
+                            answer,
+                        )
                     }
                     Some(Request::ResponseHeaders(_)) => {
                         let answer = &script.response;
-                        (reply(answer, Phase::ResponseHeaders, &seen).await, answer)
+                        (
+                            reply(answer, Phase::ResponseHeaders, &seen, None).await,
+                            answer,
+                        )
                     }
                     _ => continue,
                 };

@@ -2,13 +2,13 @@
 //! and may change each request's and response's headers over one gRPC stream per request.
 //!
 //! Supported: header processing (SEND/SKIP, both directions), request body processing
-//! (STREAMED, BUFFERED, BUFFERED_PARTIAL) with body mutations, header mutations under
+//! (STREAMED, BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED) with body mutations, header mutations under
 //! `mutation_rules`, immediate responses, `message_timeout`, `failure_mode_allow`,
 //! `allow_mode_override`, `observability_mode`, and the per-route `ExtProcPerRoute`
 //! (disabled, or another processing mode), and `request_attributes`/`response_attributes`
 //! that name single attributes (ext_proc_attributes.rs). Response body
-//! processing, FULL_DUPLEX_STREAMED and trailer processing are refused with a NACK until they
-//! are implemented.
+//! processing and response trailer processing are refused with a NACK until they are
+//! implemented.
 
 use std::time::Duration;
 
@@ -36,6 +36,9 @@ pub enum BodyMode {
     Buffered,
     /// One message with the body up to the buffer limit; the rest passes unprocessed.
     BufferedPartial,
+    /// Each chunk as it arrives, without waiting; the processor streams the body back in
+    /// `streamed_response`s of its own sizes.
+    FullDuplexStreamed,
 }
 
 impl BodyMode {
@@ -45,10 +48,7 @@ impl BodyMode {
             1 => Ok(Self::Streamed),
             2 => Ok(Self::Buffered),
             3 => Ok(Self::BufferedPartial),
-            4 => Err(ConfigError::new(
-                path,
-                "FULL_DUPLEX_STREAMED is not supported yet",
-            )),
+            4 => Ok(Self::FullDuplexStreamed),
             _ => Err(ConfigError::new(path, format!("unknown body mode {v}"))),
         }
     }
@@ -86,10 +86,19 @@ impl ProcessingMode {
         }
         let request_body =
             BodyMode::from_proto(m.request_body_mode, &format!("{path}.request_body_mode"))?;
-        if m.request_trailer_mode == 1 || m.response_trailer_mode == 1 {
+        // Envoy's own check: a full-duplex body ends with the trailers message.
+        if request_body == BodyMode::FullDuplexStreamed && m.request_trailer_mode != 1 {
             return Err(ConfigError::new(
-                path,
-                "trailer processing is not supported yet (only SKIP)",
+                format!("{path}.request_trailer_mode"),
+                "request_body_mode FULL_DUPLEX_STREAMED needs request_trailer_mode SEND",
+            ));
+        }
+        // Request trailers never reach the filters (Pingora does not read them), so SEND has
+        // nothing to send: accepted, as it changes nothing a client or upstream sees.
+        if m.response_trailer_mode == 1 {
+            return Err(ConfigError::new(
+                format!("{path}.response_trailer_mode"),
+                "response trailer processing is not supported yet (only SKIP)",
             ));
         }
         Ok(Self {
@@ -294,8 +303,16 @@ mod tests {
             BodyMode::BufferedPartial
         );
         let refused = |m| read(m).unwrap_err().to_string();
-        assert!(refused(mode(4, 0, 0)).contains("request_body_mode"));
+        assert!(refused(mode(4, 0, 0)).contains("request_trailer_mode"));
+        assert_eq!(
+            read(mode(4, 0, 1)).unwrap().request_body,
+            BodyMode::FullDuplexStreamed
+        );
         assert!(refused(mode(0, 2, 0)).contains("response_body_mode"));
-        assert!(refused(mode(0, 0, 1)).contains("trailer"));
+        let response_trailers = pb::ProcessingMode {
+            response_trailer_mode: 1,
+            ..Default::default()
+        };
+        assert!(refused(response_trailers).contains("response_trailer_mode"));
     }
 }

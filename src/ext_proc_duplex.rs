@@ -1,0 +1,108 @@
+//! ext_proc FULL_DUPLEX_STREAMED request bodies: every chunk goes to the processor as it
+//! arrives, without waiting for an answer, and the processor streams the body back in
+//! `streamed_response`s of its own sizes, the last with `end_of_stream`.
+//!
+//! What Envoy 1.40 does, and Sentinel with it (cases `ext_proc/request_body_full_duplex*`):
+//! - the request goes upstream without `content-length` (chunked on HTTP/1), carrying what
+//!   the processor streamed back;
+//! - `message_timeout` does not apply: a slow processor delays the body, it does not fail it;
+//! - a body answer that is not a `streamed_response` is a failure (500);
+//! - an immediate response stops the request;
+//! - a processor that ends its stream (gRPC OK) keeps the chunks it was sent: they never
+//!   reach the upstream, and the request goes on.
+//!
+//! Sentinel forwards what the processor sent back whenever the next downstream chunk comes,
+//! and waits for the rest at the end of the body, at most the connection manager's
+//! `stream_idle_timeout` (Envoy's bound on a stalled stream, 5 minutes by default).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sentinel_proto::pb::envoy::service::ext_proc::v3::{
+    body_mutation, processing_response, ProcessingResponse,
+};
+
+use crate::ext_proc::{immediate_reply, Conversation, Failure};
+use crate::ext_proc_body::{body_message, failure_reply, Stop};
+use crate::proxy::HttpHandler;
+
+/// Envoy's default `stream_idle_timeout`.
+const DEFAULT_IDLE: Duration = Duration::from_secs(300);
+
+/// What one answer adds to the body.
+enum Piece {
+    Body(Bytes, bool),
+    Stop(Stop),
+}
+
+fn piece(resp: ProcessingResponse, conv: &Conversation) -> Piece {
+    use processing_response::Response as R;
+    match resp.response {
+        Some(R::ImmediateResponse(i)) if !conv.config.disable_immediate_response => {
+            conv.stats.immediate_responses_sent.inc();
+            Piece::Stop(Stop::Reply(immediate_reply(i)))
+        }
+        Some(R::RequestBody(b)) => {
+            let mutation = b.response.and_then(|c| c.body_mutation?.mutation);
+            match mutation {
+                Some(body_mutation::Mutation::StreamedResponse(s)) => {
+                    Piece::Body(Bytes::from(s.body), s.end_of_stream)
+                }
+                _ => Piece::Stop(Stop::Status(500)),
+            }
+        }
+        _ => Piece::Stop(Stop::Status(500)),
+    }
+}
+
+impl HttpHandler {
+    /// One downstream chunk through a full-duplex processor: what the processor has streamed
+    /// back so far (all of it, at the end of the body), or a stop.
+    pub(crate) async fn full_duplex(
+        &self,
+        conv: &mut Conversation,
+        data: Bytes,
+        end: bool,
+    ) -> Result<Bytes, Stop> {
+        if conv.request_body.done {
+            return Ok(data);
+        }
+        if !data.is_empty() || end {
+            match conv
+                .send_only(&self.clusters, body_message(data, end))
+                .await
+            {
+                Ok(()) => {}
+                Err(Failure::Closed) => {
+                    conv.request_body.done = true;
+                    return Ok(Bytes::new());
+                }
+                Err(f) => return Err(failure_reply(f)),
+            }
+        }
+        let wait = if end {
+            self.hcm.stream_idle_timeout.unwrap_or(DEFAULT_IDLE)
+        } else {
+            Duration::ZERO
+        };
+        let mut out = BytesMut::new();
+        while let Some(answer) = conv.next_answer(wait).await {
+            match answer.map(|r| piece(r, conv)) {
+                Ok(Piece::Body(b, last)) => {
+                    out.extend_from_slice(&b);
+                    if last {
+                        conv.request_body.done = true;
+                        break;
+                    }
+                }
+                Ok(Piece::Stop(s)) => return Err(s),
+                Err(Failure::Closed) => {
+                    conv.request_body.done = true;
+                    break;
+                }
+                Err(f) => return Err(failure_reply(f)),
+            }
+        }
+        Ok(out.freeze())
+    }
+}
