@@ -74,7 +74,7 @@ pub(crate) enum Outcome {
     Immediate(ImmediateResponse),
 }
 
-fn header_map<'a>(pairs: impl Iterator<Item = (&'a str, &'a [u8])>) -> HeaderMap {
+pub(crate) fn header_map<'a>(pairs: impl Iterator<Item = (&'a str, &'a [u8])>) -> HeaderMap {
     HeaderMap {
         headers: pairs
             .map(|(k, v)| HeaderValue {
@@ -146,7 +146,7 @@ impl Conversation {
     /// Takes the processor's `mode_override` from an answer to headers, when the filter has
     /// `allow_mode_override` (as Envoy: the new mode applies to the rest of the request and
     /// to the response). An override asking for a mode Sentinel does not implement (response
-    /// body, response trailers) is ignored whole and logged.
+    /// body) is ignored whole and logged.
     pub(crate) fn mode_override(&mut self, mut resp: ProcessingResponse) -> ProcessingResponse {
         if let (true, Some(m)) = (self.config.allow_mode_override, resp.mode_override.take()) {
             match ProcessingMode::overridden(&m) {

@@ -201,7 +201,7 @@ impl HttpHandler {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
         }
-        if mode.response_headers || body {
+        if mode.response_headers || body || mode.response_trailers {
             ctx.ext_proc.push(conv);
         }
         None
@@ -311,6 +311,9 @@ impl HttpHandler {
                 (None, _) => {}
             }
         }
+        // Processors that want the response trailers keep their stream until then.
+        convs.retain(|c| c.mode.response_trailers);
+        ctx.ext_proc = convs;
     }
 
     async fn global_rate_limit(

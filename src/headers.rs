@@ -106,6 +106,22 @@ macro_rules! impl_headers {
 impl_headers!(RequestHeader);
 impl_headers!(ResponseHeader);
 
+/// Trailers.
+impl Headers for http::HeaderMap {
+    fn has(&self, name: &http::HeaderName) -> bool {
+        self.contains_key(name)
+    }
+    fn insert(&mut self, name: http::HeaderName, value: http::HeaderValue) {
+        http::HeaderMap::insert(self, name, value);
+    }
+    fn append(&mut self, name: http::HeaderName, value: http::HeaderValue) {
+        http::HeaderMap::append(self, name, value);
+    }
+    fn remove(&mut self, name: &str) {
+        http::HeaderMap::remove(self, name);
+    }
+}
+
 /// Applies one header addition with Envoy's append semantics.
 pub(crate) fn apply_add(headers: &mut impl Headers, add: &HeaderAdd, value: String) {
     if value.is_empty() && !add.keep_empty_value {

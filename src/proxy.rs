@@ -710,6 +710,22 @@ impl ProxyHttp for HttpHandler {
         Ok(None)
     }
 
+    async fn response_trailer_filter(
+        &self,
+        session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Bytes>> {
+        if ctx.replace_body.is_some() {
+            // A local answer replaced the upstream's: it has no trailers.
+            trailers.clear();
+        } else if !ctx.ext_proc.is_empty() {
+            self.ext_proc_response_trailers(session, trailers, ctx)
+                .await;
+        }
+        Ok(None)
+    }
+
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,

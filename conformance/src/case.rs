@@ -87,6 +87,13 @@ pub struct UpstreamSpec {
     /// Extra response headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Response trailers (sent on HTTP/2; an HTTP/1 answer with trailers is chunked).
+    #[serde(default)]
+    pub trailers: BTreeMap<String, String>,
+    /// Send the trailers this long after the body, so that the proxy has sent the response
+    /// headers on by then.
+    #[serde(default)]
+    pub trailers_delay_ms: Option<u64>,
     /// A fixed body instead of the JSON echo (then `seen` cannot be checked).
     #[serde(default)]
     pub body: Option<String>,
@@ -122,6 +129,10 @@ pub struct ExtProcScript {
     /// The answer to each request body message.
     #[serde(default)]
     pub request_body: ExtProcAnswer,
+    /// The answer to response trailers (only `set`, `remove`, `immediate`, `delay_ms`,
+    /// `close` and `report` apply); `report` sets `x-proc-trailers` to the names it got.
+    #[serde(default)]
+    pub response_trailers: ExtProcAnswer,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

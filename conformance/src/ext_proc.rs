@@ -14,6 +14,7 @@ use sentinel_proto::pb::envoy::service::ext_proc::v3::{
     processing_response::Response,
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
     ImmediateResponse, ProcessingRequest, ProcessingResponse, StreamedBodyResponse,
+    TrailersResponse,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -53,6 +54,8 @@ struct Seen {
     body_msgs: usize,
     /// The attributes each message carried, by message kind, as `kind{key=value;...}`.
     attributes: Vec<String>,
+    /// The names in the response trailers message.
+    trailers: Vec<String>,
 }
 
 /// A message's `attributes` (the ext_proc filter's Struct) as `key=value;...`, keys sorted.
@@ -78,6 +81,9 @@ fn attributes(msg: &ProcessingRequest) -> Option<String> {
 
 impl Seen {
     fn headers(&self) -> Vec<HeaderValueOption> {
+        if !self.trailers.is_empty() {
+            return vec![option("x-proc-trailers", &self.trailers.join(","))];
+        }
         let flag = |b: Option<bool>| b.map_or("none".to_string(), |b| b.to_string());
         let mut out = vec![
             option("x-proc-request-eos", &flag(self.request_eos)),
@@ -133,6 +139,7 @@ enum Phase {
     RequestHeaders,
     RequestBody,
     ResponseHeaders,
+    ResponseTrailers,
 }
 
 /// The message for an answer, as a reply of the message's kind.
@@ -190,7 +197,7 @@ async fn reply(
     };
     let phase = match (answer.wrong_kind, phase) {
         (false, p) => p,
-        (true, Phase::ResponseHeaders) => Phase::RequestHeaders,
+        (true, Phase::ResponseHeaders | Phase::ResponseTrailers) => Phase::RequestHeaders,
         (true, _) => Phase::ResponseHeaders,
     };
     match phase {
@@ -202,6 +209,9 @@ async fn reply(
         }),
         Phase::RequestBody => Response::RequestBody(BodyResponse {
             response: Some(common),
+        }),
+        Phase::ResponseTrailers => Response::ResponseTrailers(TrailersResponse {
+            header_mutation: common.header_mutation,
         }),
     }
 }
@@ -261,6 +271,16 @@ impl ExternalProcessor for Scripted {
                             reply(answer, Phase::ResponseHeaders, &seen, None).await,
                             answer,
                         )
+                    }
+                    Some(Request::ResponseTrailers(t)) => {
+                        let names = t.trailers.iter().flat_map(|m| &m.headers);
+                        seen.trailers = names.map(|h| h.key.clone()).collect();
+                        if seen.trailers.is_empty() {
+                            seen.trailers.push("none".into());
+                        }
+                        let answer = &script.response_trailers;
+                        let response = reply(answer, Phase::ResponseTrailers, &seen, None).await;
+                        (response, answer)
                     }
                     _ => continue,
                 };

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Either, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
@@ -17,6 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::case::UpstreamSpec;
+
+/// A response body: whole, or (with trailers) a data frame and a trailers frame. Without
+/// trailers the body stays `Full`, so HTTP/1 answers keep their content-length.
+type Body = Either<Full<Bytes>, UnsyncBoxBody<Bytes, Infallible>>;
 
 /// The longest a `close`/`reset` upstream reads before giving up on the request head.
 const READ_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -156,7 +162,7 @@ async fn answer(
     req: hyper::Request<Incoming>,
     name: &str,
     spec: &UpstreamSpec,
-) -> hyper::Response<Full<Bytes>> {
+) -> hyper::Response<Body> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -204,11 +210,32 @@ async fn answer(
     for (k, v) in &spec.headers {
         resp = resp.header(k.as_str(), v.as_str());
     }
-    resp.body(Full::new(Bytes::from(out_body)))
-        .unwrap_or_else(|e| {
-            let mut r =
-                hyper::Response::new(Full::new(Bytes::from(format!("bad upstream spec: {e}"))));
-            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-            r
-        })
+    let body = if spec.trailers.is_empty() {
+        Either::Left(Full::new(Bytes::from(out_body)))
+    } else {
+        let trailers = spec
+            .trailers
+            .iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
+            .collect();
+        let delay = Duration::from_millis(spec.trailers_delay_ms.unwrap_or(0));
+        let frames = vec![
+            Frame::data(Bytes::from(out_body)),
+            Frame::trailers(trailers),
+        ];
+        let frames =
+            tokio_stream::StreamExt::then(tokio_stream::iter(frames), move |f| async move {
+                if f.is_trailers() && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                Ok::<_, Infallible>(f)
+            });
+        Either::Right(StreamBody::new(frames).boxed_unsync())
+    };
+    resp.body(body).unwrap_or_else(|e| {
+        let text = Bytes::from(format!("bad upstream spec: {e}"));
+        let mut r = hyper::Response::new(Either::Left(Full::new(text)));
+        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
 }

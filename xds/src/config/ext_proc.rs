@@ -2,13 +2,13 @@
 //! and may change each request's and response's headers over one gRPC stream per request.
 //!
 //! Supported: header processing (SEND/SKIP, both directions), request body processing
-//! (STREAMED, BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED) with body mutations, header mutations under
+//! (STREAMED, BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED) with body mutations, response
+//! trailers, header mutations under
 //! `mutation_rules`, immediate responses, `message_timeout`, `failure_mode_allow`,
 //! `allow_mode_override`, `observability_mode`, and the per-route `ExtProcPerRoute`
 //! (disabled, or another processing mode), and `request_attributes`/`response_attributes`
 //! that name single attributes (ext_proc_attributes.rs). Response body
-//! processing and response trailer processing are refused with a NACK until they are
-//! implemented.
+//! processing is refused with a NACK until it is implemented.
 
 use std::time::Duration;
 
@@ -60,6 +60,8 @@ pub struct ProcessingMode {
     pub request_headers: bool,
     pub response_headers: bool,
     pub request_body: BodyMode,
+    /// Response trailers go to the processor (`response_trailer_mode: SEND`).
+    pub response_trailers: bool,
 }
 
 impl ProcessingMode {
@@ -74,6 +76,7 @@ impl ProcessingMode {
                 request_headers: true,
                 response_headers: true,
                 request_body: BodyMode::None,
+                response_trailers: false,
             });
         };
         // HeaderSendMode: DEFAULT (0) and SEND (1) send, SKIP (2) skips.
@@ -95,16 +98,12 @@ impl ProcessingMode {
         }
         // Request trailers never reach the filters (Pingora does not read them), so SEND has
         // nothing to send: accepted, as it changes nothing a client or upstream sees.
-        if m.response_trailer_mode == 1 {
-            return Err(ConfigError::new(
-                format!("{path}.response_trailer_mode"),
-                "response trailer processing is not supported yet (only SKIP)",
-            ));
-        }
         Ok(Self {
             request_headers: send(m.request_header_mode),
             response_headers: send(m.response_header_mode),
             request_body,
+            // TrailerSendMode is a HeaderSendMode whose DEFAULT skips.
+            response_trailers: m.response_trailer_mode == 1,
         })
     }
 }
@@ -313,6 +312,6 @@ mod tests {
             response_trailer_mode: 1,
             ..Default::default()
         };
-        assert!(refused(response_trailers).contains("response_trailer_mode"));
+        assert!(read(response_trailers).unwrap().response_trailers);
     }
 }
