@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use pingora_http::RequestHeader;
 use pingora_http::ResponseHeader;
-use sentinel_xds::config::ext_proc::{BodyMode, ExtProc, ExtProcPerRoute};
+use sentinel_xds::config::ext_proc::{BodyMode, ExtProc, ExtProcOverrides, ExtProcPerRoute};
 use sentinel_xds::config::hcm::HttpFilter;
 use sentinel_xds::config::local_ratelimit::{LocalRateLimit, TokenBucket, VhRateLimits};
 use sentinel_xds::config::ratelimit::{RateLimitFilter, RateLimitPerRoute, RateLimitRule};
@@ -134,18 +134,36 @@ impl HttpHandler {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Option<FilterReply> {
-        let mut mode = config.mode;
-        for per in levels.into_iter().flatten() {
-            match per.get(name) {
-                Some(FilterOverride::Disabled)
-                | Some(FilterOverride::ExtProc(ExtProcPerRoute::Disabled)) => return None,
-                Some(FilterOverride::ExtProc(ExtProcPerRoute::Mode(m))) => {
-                    mode = *m;
-                    break;
-                }
+        // The most specific level with an ext_proc config decides whether the filter runs;
+        // overrides merge field by field from there down.
+        let mut found: [Option<&ExtProcOverrides>; 2] = [None, None];
+        for (i, per) in levels.into_iter().enumerate() {
+            match per.and_then(|p| p.get(name)) {
+                Some(
+                    FilterOverride::Disabled | FilterOverride::ExtProc(ExtProcPerRoute::Disabled),
+                ) if found[0].is_none() => return None,
+                Some(FilterOverride::ExtProc(ExtProcPerRoute::Overrides(o))) => found[i] = Some(o),
                 _ => {}
             }
         }
+        let merged = match found {
+            [Some(a), Some(b)] => {
+                let mut m = a.clone();
+                m.fill_from(b);
+                Some(std::borrow::Cow::Owned(m))
+            }
+            [Some(o), None] | [None, Some(o)] => Some(std::borrow::Cow::Borrowed(o)),
+            [None, None] => None,
+        };
+        let owned;
+        let config = match merged.as_deref() {
+            Some(o) if o.changes_config() => {
+                owned = std::sync::Arc::new(config.overridden(o));
+                &owned
+            }
+            _ => config,
+        };
+        let mode = merged.and_then(|o| o.mode).unwrap_or(config.mode);
         let stats = self.ext_proc_stats.get(name).cloned().unwrap_or_default();
         let mut conv = ext_proc::Conversation::new(config.clone(), mode, stats);
         conv.request_attributes = self.attributes(&config.request_attributes, req, None, ctx);

@@ -6,7 +6,7 @@
 //! trailers, header mutations under
 //! `mutation_rules`, immediate responses, `message_timeout`, `failure_mode_allow`,
 //! `allow_mode_override`, `observability_mode`, and the per-route `ExtProcPerRoute`
-//! (disabled, or another processing mode), and `request_attributes`/`response_attributes`
+//! (disabled, or overrides of the mode, processor and `failure_mode_allow`), and `request_attributes`/`response_attributes`
 //! that name single attributes (ext_proc_attributes.rs). Response body
 //! processing is refused with a NACK until it is implemented.
 
@@ -174,7 +174,7 @@ impl MutationRules {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ExtProc {
     /// The processor's cluster (gRPC over HTTP/2).
     pub cluster: String,
@@ -236,11 +236,49 @@ impl ExtProc {
     }
 }
 
-/// `ExtProcPerRoute`: off for this route, or another processing mode.
+/// `ExtProcPerRoute`: off for this route, or overrides of the filter's settings.
 #[derive(Debug, Clone)]
 pub enum ExtProcPerRoute {
     Disabled,
-    Mode(ProcessingMode),
+    Overrides(ExtProcOverrides),
+}
+
+/// `ExtProcOverrides`: each set field replaces the filter's. Levels merge field by field, the
+/// most specific (route, then virtual host) first, as Envoy merges per-route configs. Its
+/// `request_attributes`/`response_attributes` are ignored, as Envoy 1.40 ignores them (case
+/// `ext_proc/per_route_overrides`).
+#[derive(Debug, Clone, Default)]
+pub struct ExtProcOverrides {
+    pub mode: Option<ProcessingMode>,
+    /// Another processor (`grpc_service`).
+    pub cluster: Option<String>,
+    pub failure_mode_allow: Option<bool>,
+}
+
+impl ExtProcOverrides {
+    /// Takes the fields this one leaves unset from a less specific level.
+    pub fn fill_from(&mut self, less_specific: &ExtProcOverrides) {
+        let o = less_specific;
+        self.mode = self.mode.or(o.mode);
+        self.cluster = self.cluster.take().or_else(|| o.cluster.clone());
+        self.failure_mode_allow = self.failure_mode_allow.or(o.failure_mode_allow);
+    }
+
+    /// Whether a request needs its own copy of the filter's config.
+    pub fn changes_config(&self) -> bool {
+        self.cluster.is_some() || self.failure_mode_allow.is_some()
+    }
+}
+
+impl ExtProc {
+    /// The filter's config with a route's overrides applied (the mode is the caller's).
+    pub fn overridden(&self, o: &ExtProcOverrides) -> ExtProc {
+        ExtProc {
+            cluster: o.cluster.clone().unwrap_or_else(|| self.cluster.clone()),
+            failure_mode_allow: o.failure_mode_allow.unwrap_or(self.failure_mode_allow),
+            ..self.clone()
+        }
+    }
 }
 
 impl ExtProcPerRoute {
@@ -249,20 +287,25 @@ impl ExtProcPerRoute {
         match &c.r#override {
             Some(Override::Disabled(true)) => Ok(Self::Disabled),
             Some(Override::Overrides(o)) => {
-                if o.grpc_service.is_some()
-                    || o.async_mode
-                    || !o.request_attributes.is_empty()
-                    || !o.response_attributes.is_empty()
-                {
+                if o.async_mode {
                     return Err(ConfigError::new(
-                        "overrides",
-                        "only processing_mode can be overridden",
+                        "overrides.async_mode",
+                        "async mode is not supported (Envoy does not implement it either)",
                     ));
                 }
-                Ok(Self::Mode(ProcessingMode::from_proto(
-                    o.processing_mode.as_ref(),
-                    "overrides.processing_mode",
-                )?))
+                Ok(Self::Overrides(ExtProcOverrides {
+                    mode: o
+                        .processing_mode
+                        .as_ref()
+                        .map(|m| ProcessingMode::from_proto(Some(m), "overrides.processing_mode"))
+                        .transpose()?,
+                    cluster: o
+                        .grpc_service
+                        .as_ref()
+                        .map(|g| cluster_of(Some(g), "overrides.grpc_service"))
+                        .transpose()?,
+                    failure_mode_allow: o.failure_mode_allow.as_ref().map(|b| b.value),
+                }))
             }
             _ => Err(ConfigError::new(
                 "override",

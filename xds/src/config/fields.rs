@@ -465,8 +465,9 @@ pub static RULES: &[Rule] = &[
     ),
     rule(
         "envoy.extensions.filters.http.ext_proc.v3.ExtProcOverrides",
-        &["processing_mode"],
-        &[],
+        &["processing_mode", "grpc_service", "failure_mode_allow"],
+        // Envoy 1.40 accepts and ignores them (case ext_proc/per_route_overrides).
+        &["request_attributes", "response_attributes"],
     ),
     rule(
         "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
