@@ -200,7 +200,7 @@ impl HttpHandler {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
         }
-        if mode.response_headers || body {
+        if mode.response_headers || body || mode.response_body != BodyMode::None {
             ctx.ext_proc.push(conv);
         }
         None
@@ -231,6 +231,17 @@ impl HttpHandler {
     /// order (as Envoy encodes). Returns the status to answer with instead, on failure.
     pub(crate) async fn ext_proc_response(&self, resp: &mut ResponseHeader, ctx: &mut Ctx) {
         let mut convs = std::mem::take(&mut ctx.ext_proc);
+        self.ext_proc_response_headers(&mut convs, resp, ctx).await;
+        // Kept for the response body.
+        ctx.ext_proc = convs;
+    }
+
+    async fn ext_proc_response_headers(
+        &self,
+        convs: &mut [ext_proc::Conversation],
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) {
         for conv in convs.iter_mut().rev() {
             if !conv.mode.response_headers {
                 continue;
@@ -278,7 +289,11 @@ impl HttpHandler {
             };
             match (failure, config.failure_mode_allow) {
                 (Some(ext_proc::Failure::Closed), _) => {}
-                (Some(_), true) => conv.stats.failure_mode_allowed.inc(),
+                (Some(_), true) => {
+                    // Envoy is done with the processor: no body messages follow.
+                    conv.stats.failure_mode_allowed.inc();
+                    conv.response_body.done = true;
+                }
                 (Some(f), false) => {
                     replace_response(resp, ctx, f.status(), String::new(), vec![]);
                     return;

@@ -11,6 +11,7 @@ mod downstream;
 mod ext_proc;
 mod ext_proc_body;
 mod ext_proc_observe;
+mod ext_proc_response_body;
 mod filters;
 mod headers;
 mod http1;

@@ -1,13 +1,12 @@
 //! `envoy.filters.http.ext_proc`: an external processor (WAF, auth, guardrails) that sees
 //! and may change each request's and response's headers over one gRPC stream per request.
 //!
-//! Supported: header processing (SEND/SKIP, both directions), request body processing
-//! (STREAMED, BUFFERED, BUFFERED_PARTIAL) with body mutations, header mutations under
-//! `mutation_rules`, immediate responses, `message_timeout`, `failure_mode_allow`,
+//! Supported: header processing (SEND/SKIP, both directions), request and response body
+//! processing (STREAMED, BUFFERED, BUFFERED_PARTIAL) with body mutations, header mutations
+//! under `mutation_rules`, immediate responses, `message_timeout`, `failure_mode_allow`,
 //! `allow_mode_override`, `observability_mode`, and the per-route `ExtProcPerRoute`
-//! (disabled, or another processing mode). Response body
-//! processing, FULL_DUPLEX_STREAMED and trailer processing are refused with a NACK until they
-//! are implemented.
+//! (disabled, or another processing mode). FULL_DUPLEX_STREAMED and trailer processing are
+//! refused with a NACK until they are implemented.
 
 use std::time::Duration;
 
@@ -28,7 +27,7 @@ pub enum BodyMode {
     /// Not sent.
     #[default]
     None,
-    /// Each chunk as it arrives; the request goes upstream without `content-length`.
+    /// Each chunk as it arrives; the message goes on without `content-length`.
     Streamed,
     /// The whole body in one message, within the connection's buffer limit.
     Buffered,
@@ -58,6 +57,7 @@ pub struct ProcessingMode {
     pub request_headers: bool,
     pub response_headers: bool,
     pub request_body: BodyMode,
+    pub response_body: BodyMode,
 }
 
 impl ProcessingMode {
@@ -72,18 +72,15 @@ impl ProcessingMode {
                 request_headers: true,
                 response_headers: true,
                 request_body: BodyMode::None,
+                response_body: BodyMode::None,
             });
         };
         // HeaderSendMode: DEFAULT (0) and SEND (1) send, SKIP (2) skips.
         let send = |v: i32| v != 2;
-        if m.response_body_mode != 0 {
-            return Err(ConfigError::new(
-                format!("{path}.response_body_mode"),
-                "response body processing is not supported yet (only NONE)",
-            ));
-        }
         let request_body =
             BodyMode::from_proto(m.request_body_mode, &format!("{path}.request_body_mode"))?;
+        let response_body =
+            BodyMode::from_proto(m.response_body_mode, &format!("{path}.response_body_mode"))?;
         if m.request_trailer_mode == 1 || m.response_trailer_mode == 1 {
             return Err(ConfigError::new(
                 path,
@@ -94,6 +91,7 @@ impl ProcessingMode {
             request_headers: send(m.request_header_mode),
             response_headers: send(m.response_header_mode),
             request_body,
+            response_body,
         })
     }
 }
@@ -271,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn request_body_modes_are_read_and_the_rest_refused() {
+    fn body_modes_are_read_and_the_rest_refused() {
         let read = |m| ProcessingMode::from_proto(Some(&m), "processing_mode");
         assert_eq!(read(mode(0, 0, 0)).unwrap().request_body, BodyMode::None);
         assert_eq!(
@@ -286,9 +284,16 @@ mod tests {
             read(mode(3, 0, 0)).unwrap().request_body,
             BodyMode::BufferedPartial
         );
+        for (v, m) in [
+            (1, BodyMode::Streamed),
+            (2, BodyMode::Buffered),
+            (3, BodyMode::BufferedPartial),
+        ] {
+            assert_eq!(read(mode(0, v, 0)).unwrap().response_body, m);
+        }
         let refused = |m| read(m).unwrap_err().to_string();
         assert!(refused(mode(4, 0, 0)).contains("request_body_mode"));
-        assert!(refused(mode(0, 2, 0)).contains("response_body_mode"));
+        assert!(refused(mode(0, 4, 0)).contains("response_body_mode"));
         assert!(refused(mode(0, 0, 1)).contains("trailer"));
     }
 }
