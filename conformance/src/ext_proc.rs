@@ -1,4 +1,4 @@
-//! A scripted ext_proc server for cases: answers request and response headers as the case's
+//! A scripted ext_proc server for cases: answers headers and bodies, both ways, as the case's
 //! `ext_proc` script says (mutations, immediate responses, delays).
 
 use std::collections::BTreeMap;
@@ -51,6 +51,7 @@ struct Seen {
     body: Vec<u8>,
     body_eos: Option<bool>,
     body_msgs: usize,
+    response_body_msgs: usize,
 }
 
 impl Seen {
@@ -107,10 +108,17 @@ enum Phase {
     RequestHeaders,
     RequestBody,
     ResponseHeaders,
+    ResponseBody,
 }
 
-/// The message for an answer, as a reply of the message's kind.
-async fn reply(answer: &ExtProcAnswer, phase: Phase, seen: &Seen) -> Response {
+/// The message for an answer, as a reply of the message's kind; `body` is the body message's
+/// (number, end_of_stream, body), for `echo_body`.
+async fn reply(
+    answer: &ExtProcAnswer,
+    phase: Phase,
+    seen: &Seen,
+    body: Option<(usize, bool, &[u8])>,
+) -> Response {
     if let Some(ms) = answer.delay_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -132,10 +140,14 @@ async fn reply(answer: &ExtProcAnswer, phase: Phase, seen: &Seen) -> Response {
     if answer.report {
         set_headers.extend(seen.headers());
     }
-    let body_mutation = match (&answer.body, answer.clear_body) {
-        (Some(b), _) => Some(body_mutation::Mutation::Body(b.as_bytes().to_vec())),
-        (None, true) => Some(body_mutation::Mutation::ClearBody(true)),
-        (None, false) => None,
+    let body_mutation = match (&answer.body, answer.clear_body, body) {
+        (Some(b), _, _) => Some(body_mutation::Mutation::Body(b.as_bytes().to_vec())),
+        (None, true, _) => Some(body_mutation::Mutation::ClearBody(true)),
+        (None, false, Some((n, eos, b))) if answer.echo_body => {
+            let echo = format!("[{n}:{eos}:{}]", String::from_utf8_lossy(b));
+            Some(body_mutation::Mutation::Body(echo.into_bytes()))
+        }
+        (None, false, _) => None,
     };
     let common = CommonResponse {
         header_mutation: Some(HeaderMutation {
@@ -159,6 +171,9 @@ async fn reply(answer: &ExtProcAnswer, phase: Phase, seen: &Seen) -> Response {
             response: Some(common),
         }),
         Phase::RequestBody => Response::RequestBody(BodyResponse {
+            response: Some(common),
+        }),
+        Phase::ResponseBody => Response::ResponseBody(BodyResponse {
             response: Some(common),
         }),
     }
@@ -185,18 +200,36 @@ impl ExternalProcessor for Scripted {
                         let path = pseudo(h, ":path").unwrap_or_default();
                         let path = path.split('?').next().unwrap_or_default();
                         let answer = script.paths.get(path).unwrap_or(&script.request);
-                        (reply(answer, Phase::RequestHeaders, &seen).await, answer)
+                        (
+                            reply(answer, Phase::RequestHeaders, &seen, None).await,
+                            answer,
+                        )
                     }
                     Some(Request::RequestBody(b)) => {
                         seen.body.extend_from_slice(&b.body);
                         seen.body_eos = Some(b.end_of_stream);
                         seen.body_msgs += 1;
                         let answer = &script.request_body;
-                        (reply(answer, Phase::RequestBody, &seen).await, answer)
+                        let body = Some((seen.body_msgs, b.end_of_stream, b.body.as_slice()));
+                        (reply(answer, Phase::RequestBody, &seen, body).await, answer)
+                    }
+                    Some(Request::ResponseBody(b)) => {
+                        seen.response_body_msgs += 1;
+                        let n = seen.response_body_msgs;
+                        let answer = script.response_body_nth.get(&n);
+                        let answer = answer.unwrap_or(&script.response_body);
+                        let body = Some((n, b.end_of_stream, b.body.as_slice()));
+                        (
+                            reply(answer, Phase::ResponseBody, &seen, body).await,
+                            answer,
+                        )
                     }
                     Some(Request::ResponseHeaders(_)) => {
                         let answer = &script.response;
-                        (reply(answer, Phase::ResponseHeaders, &seen).await, answer)
+                        (
+                            reply(answer, Phase::ResponseHeaders, &seen, None).await,
+                            answer,
+                        )
                     }
                     _ => continue,
                 };

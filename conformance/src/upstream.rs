@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use futures::StreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
@@ -156,7 +158,7 @@ async fn answer(
     req: hyper::Request<Incoming>,
     name: &str,
     spec: &UpstreamSpec,
-) -> hyper::Response<Full<Bytes>> {
+) -> hyper::Response<BoxBody<Bytes, Infallible>> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -191,24 +193,39 @@ async fn answer(
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
     });
-    let out_body = match &spec.body {
-        Some(b) => b.clone(),
-        None => echo.to_string(),
+    let out_body = match (&spec.body, spec.body_bytes) {
+        (Some(b), _) => b.clone(),
+        (None, Some(n)) => "x".repeat(n.min(crate::case::MAX_BODY_BYTES)),
+        (None, None) => echo.to_string(),
     };
     let mut resp = hyper::Response::builder()
         .status(spec.status.unwrap_or(200))
         .header("x-upstream", name);
-    if spec.body.is_none() {
+    if spec.body.is_none() && spec.body_bytes.is_none() && spec.chunks.is_empty() {
         resp = resp.header("content-type", "application/json");
     }
     for (k, v) in &spec.headers {
         resp = resp.header(k.as_str(), v.as_str());
     }
-    resp.body(Full::new(Bytes::from(out_body)))
-        .unwrap_or_else(|e| {
-            let mut r =
-                hyper::Response::new(Full::new(Bytes::from(format!("bad upstream spec: {e}"))));
-            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-            r
-        })
+    let body = if spec.chunks.is_empty() {
+        Full::new(Bytes::from(out_body)).boxed()
+    } else {
+        chunked(spec.chunks.clone(), spec.chunk_delay_ms.unwrap_or(0))
+    };
+    resp.body(body).unwrap_or_else(|e| {
+        let text = Bytes::from(format!("bad upstream spec: {e}"));
+        let mut r = hyper::Response::new(Full::new(text).boxed());
+        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+}
+
+/// A body sent in pieces, each after `delay_ms` (the headers go first, alone): chunked on
+/// HTTP/1, one DATA frame each on HTTP/2.
+fn chunked(chunks: Vec<String>, delay_ms: u64) -> BoxBody<Bytes, Infallible> {
+    let frames = futures::stream::iter(chunks).then(move |c| async move {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(c)))
+    });
+    BodyExt::boxed(StreamBody::new(frames))
 }
