@@ -29,6 +29,7 @@ use sentinel_xds::config::ext_proc::{BodyMode, ExtProc};
 use crate::ext_proc::{immediate_reply, Conversation, Failure};
 use crate::filters::FilterReply;
 use crate::proxy::{Ctx, HttpHandler};
+use crate::upstream::ClusterManager;
 
 /// The request body's progress through one processor.
 #[derive(Default)]
@@ -125,6 +126,35 @@ pub(crate) fn mutates_headers(common: &CommonResponse) -> bool {
 pub(crate) enum Answer {
     Immediate(FilterReply),
     Failed(Failure),
+}
+
+/// `observability_mode`: a chunk goes to the processor without waiting, in STREAMED mode
+/// only (Envoy sends nothing in the other body modes); the data goes on unchanged. Only a
+/// stream that cannot be opened stops the body (unless `failure_mode_allow`).
+pub(crate) async fn observe_chunk(
+    conv: &mut Conversation,
+    clusters: &ClusterManager,
+    data: &Bytes,
+    end: bool,
+    dir: Direction,
+) -> Result<(), Stop> {
+    let mode = match dir {
+        Direction::Request => conv.mode.request_body,
+        Direction::Response => conv.mode.response_body,
+    };
+    if mode != BodyMode::Streamed || (data.is_empty() && !end) {
+        return Ok(());
+    }
+    if let Err(f) = conv
+        .observe(clusters, body_message(data.clone(), end, dir))
+        .await
+    {
+        if !conv.config.failure_mode_allow {
+            return Err(failure_reply(f));
+        }
+        conv.stats.failure_mode_allowed.inc();
+    }
+    Ok(())
 }
 
 pub(crate) fn failure_reply(f: Failure) -> Stop {
@@ -227,16 +257,7 @@ impl HttpHandler {
             return Ok(data);
         }
         if conv.config.observability_mode {
-            // Only STREAMED bodies are sent in this mode; the data goes on unchanged.
-            if mode == BodyMode::Streamed && (!data.is_empty() || end) {
-                let msg = body_message(data.clone(), end, REQUEST);
-                if let Err(f) = conv.observe(&self.clusters, msg).await {
-                    if !conv.config.failure_mode_allow {
-                        return Err(failure_reply(f));
-                    }
-                    conv.stats.failure_mode_allowed.inc();
-                }
-            }
+            observe_chunk(conv, &self.clusters, &data, end, REQUEST).await?;
             return Ok(data);
         }
         let limit = self.buffer_limit as usize;

@@ -30,8 +30,8 @@ use sentinel_xds::config::ext_proc::BodyMode;
 
 use crate::ext_proc::{self, Conversation, Failure};
 use crate::ext_proc_body::{
-    body_answer, body_message, failure_reply, mutated_body, mutates_headers, Answer, Direction,
-    Stop,
+    body_answer, body_message, failure_reply, mutated_body, mutates_headers, observe_chunk, Answer,
+    Direction, Stop,
 };
 use crate::filters::FilterReply;
 use crate::proxy::{Ctx, HttpHandler};
@@ -51,6 +51,8 @@ pub(crate) struct Hold {
     strip_content_length: bool,
     /// The upstream body ended (a later `Done` is not another end).
     ended: bool,
+    /// It ended with trailers: as in Envoy, no body message then has `end_of_stream`.
+    trailers: bool,
     /// Nothing more to do: the rest passes as it is.
     done: bool,
     /// The upstream's response header came (the client may not have it yet).
@@ -196,6 +198,7 @@ impl HttpHandler {
                     return Ok(out);
                 }
                 HttpTask::Trailer(_) | HttpTask::Done => {
+                    hold.trailers |= matches!(task, HttpTask::Trailer(_));
                     if !hold.ended {
                         hold.ended = true;
                         chunks.push((Bytes::new(), true));
@@ -266,17 +269,9 @@ impl HttpHandler {
         }
         let mode = conv.mode.response_body;
         if conv.config.observability_mode {
-            // Only STREAMED bodies are sent in this mode; the data goes on unchanged.
-            if mode == BodyMode::Streamed {
-                for (data, eos) in chunks.iter().filter(|c| !c.0.is_empty() || c.1) {
-                    let msg = body_message(data.clone(), *eos, RESPONSE);
-                    if let Err(f) = conv.observe(&self.clusters, msg).await {
-                        if !conv.config.failure_mode_allow {
-                            return Err(failure_reply(f));
-                        }
-                        conv.stats.failure_mode_allowed.inc();
-                    }
-                }
+            for (data, eos) in &chunks {
+                let eos = *eos && !hold.trailers;
+                observe_chunk(conv, &self.clusters, data, eos, RESPONSE).await?;
             }
             return Ok(chunks);
         }
@@ -303,8 +298,10 @@ impl HttpHandler {
             match mode {
                 BodyMode::None => out.push((data, eos)),
                 BodyMode::Streamed => {
-                    if !data.is_empty() || eos {
+                    if !data.is_empty() || (eos && !hold.trailers) {
                         out.push((self.answer(conv, hold, data, eos, Kind::Chunk).await?, eos));
+                    } else {
+                        out.push((data, eos));
                     }
                 }
                 BodyMode::Buffered => {
@@ -344,8 +341,9 @@ impl HttpHandler {
         kind: Kind,
     ) -> Result<Bytes, Stop> {
         let config = conv.config.clone();
+        let message = body_message(body.clone(), eos && !hold.trailers, RESPONSE);
         let answer = conv
-            .exchange(&self.clusters, body_message(body.clone(), eos, RESPONSE))
+            .exchange(&self.clusters, message)
             .await
             .map_err(Answer::Failed)
             .and_then(|r| body_answer(r, &config, RESPONSE));
