@@ -9,85 +9,40 @@ use bytes::Bytes;
 use http_body_util::Full;
 use sentinel::Running;
 use sentinel_proto::pb::envoy::service::ext_proc::v3::{
-    body_mutation, external_processor_server::ExternalProcessor,
-    external_processor_server::ExternalProcessorServer, processing_request::Request,
-    processing_response::Response, BodyMutation, BodyResponse, CommonResponse, HeadersResponse,
-    ProcessingRequest, ProcessingResponse,
+    body_mutation, processing_request::Request, processing_response::Response, BodyMutation,
+    BodyResponse, CommonResponse, HeadersResponse,
 };
 use test_support::*;
 
-/// Appends its mark to every response body message it gets, and records each as (length,
-/// end_of_stream).
-#[derive(Clone)]
-struct Appender {
-    mark: &'static str,
-    bodies: Arc<Mutex<Vec<(usize, bool)>>>,
-}
-
-#[tonic::async_trait]
-impl ExternalProcessor for Appender {
-    type ProcessStream =
-        tokio_stream::wrappers::ReceiverStream<Result<ProcessingResponse, tonic::Status>>;
-
-    async fn process(
-        &self,
-        req: tonic::Request<tonic::Streaming<ProcessingRequest>>,
-    ) -> Result<tonic::Response<Self::ProcessStream>, tonic::Status> {
-        let mut inbound = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let (mark, bodies) = (self.mark, self.bodies.clone());
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = inbound.message().await {
-                let response = match msg.request {
-                    Some(Request::RequestHeaders(_)) => {
-                        Response::RequestHeaders(HeadersResponse::default())
-                    }
-                    Some(Request::ResponseHeaders(_)) => {
-                        Response::ResponseHeaders(HeadersResponse::default())
-                    }
-                    Some(Request::ResponseBody(b)) => {
-                        bodies.lock().unwrap().push((b.body.len(), b.end_of_stream));
-                        let body = [b.body.as_slice(), mark.as_bytes()].concat();
-                        Response::ResponseBody(BodyResponse {
-                            response: Some(CommonResponse {
-                                body_mutation: Some(BodyMutation {
-                                    mutation: Some(body_mutation::Mutation::Body(body)),
-                                }),
-                                ..Default::default()
-                            }),
-                        })
-                    }
-                    _ => continue,
-                };
-                let msg = ProcessingResponse {
-                    response: Some(response),
-                    ..Default::default()
-                };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
-                }
+/// A processor that appends `mark` to every response body message it gets; the returned
+/// list records each message as (length, end_of_stream).
+async fn processor(mark: &'static str) -> (SocketAddr, Bodies) {
+    let bodies = Bodies::default();
+    let seen = bodies.clone();
+    let addr = ext_proc_processor(move |_: &mut (), request| {
+        Reply::Send(match request {
+            Request::RequestHeaders(_) => Response::RequestHeaders(HeadersResponse::default()),
+            Request::ResponseHeaders(_) => Response::ResponseHeaders(HeadersResponse::default()),
+            Request::ResponseBody(b) => {
+                seen.lock().unwrap().push((b.body.len(), b.end_of_stream));
+                let body = [b.body.as_slice(), mark.as_bytes()].concat();
+                Response::ResponseBody(BodyResponse {
+                    response: Some(CommonResponse {
+                        body_mutation: Some(BodyMutation {
+                            mutation: Some(body_mutation::Mutation::Body(body)),
+                        }),
+                        ..Default::default()
+                    }),
+                })
             }
-        });
-        Ok(tonic::Response::new(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        ))
-    }
+            _ => return Reply::Skip,
+        })
+    })
+    .await;
+    (addr, bodies)
 }
 
-async fn processor(mark: &'static str) -> (SocketAddr, Appender) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let p = Appender {
-        mark,
-        bodies: Arc::default(),
-    };
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ExternalProcessorServer::new(p.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
-    );
-    (addr, p)
-}
+type Bodies = Arc<Mutex<Vec<(usize, bool)>>>;
 
 /// The length of `/big`'s body: past the default buffer limit (1 MiB).
 const BIG: usize = (1 << 20) + 100_000;
@@ -121,7 +76,7 @@ fn ext_proc(name: &str, cluster: &str, mode: &str) -> String {
 }
 
 /// A proxy with one ext_proc filter per (mark, mode), in that order, before the router.
-async fn setup(filters: &[(&'static str, &str)]) -> (Running, SocketAddr, Vec<Appender>) {
+async fn setup(filters: &[(&'static str, &str)]) -> (Running, SocketAddr, Vec<Bodies>) {
     let up = body_upstream().await;
     let mut clusters = vec![static_cluster("up", &[up])];
     let mut chain = Vec::new();
@@ -152,8 +107,8 @@ async fn processors_see_the_response_body_in_reverse_filter_order() {
     let (s, h, b) = get(addr, "/x").await.unwrap();
     assert_eq!((s, dechunk(&b).as_str()), (200, "helloBA"), "{h}");
     assert!(!h.contains("content-length"), "STREAMED drops it: {h}");
-    assert_eq!(*procs[1].bodies.lock().unwrap(), [(5, true)]);
-    assert_eq!(*procs[0].bodies.lock().unwrap(), [(6, true)]);
+    assert_eq!(*procs[1].lock().unwrap(), [(5, true)]);
+    assert_eq!(*procs[0].lock().unwrap(), [(6, true)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +116,7 @@ async fn buffered_partial_response_processes_the_first_part_only() {
     let (_p, addr, procs) = setup(&[("!", "BUFFERED_PARTIAL")]).await;
     let (s, _, b) = get(addr, "/big").await.unwrap();
     assert_eq!(s, 200);
-    let chunks = procs[0].bodies.lock().unwrap().clone();
+    let chunks = procs[0].lock().unwrap().clone();
     assert_eq!(chunks.len(), 1, "one message");
     let (len, eos) = chunks[0];
     assert!(len > 1 << 20 && !eos, "{chunks:?}");
@@ -194,8 +149,5 @@ async fn buffered_response_past_the_buffer_limit_is_500() {
     let (_p, addr, procs) = setup(&[("!", "BUFFERED")]).await;
     let (s, _, b) = get(addr, "/big").await.unwrap();
     assert_eq!((s, b.as_str()), (500, "Internal Server Error"));
-    assert!(
-        procs[0].bodies.lock().unwrap().is_empty(),
-        "no body message"
-    );
+    assert!(procs[0].lock().unwrap().is_empty(), "no body message");
 }
