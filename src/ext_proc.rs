@@ -47,6 +47,8 @@ pub(crate) struct Conversation {
     pub mode: ProcessingMode,
     /// The request body as it goes through this processor.
     pub request_body: crate::ext_proc_body::BodyState,
+    /// The response body as it goes through this processor.
+    pub response_body: crate::ext_proc_body::BodyState,
     /// The stream of an `observability_mode` conversation.
     pub(crate) observer: Option<crate::ext_proc_observe::Observer>,
     pub stats: Arc<ExtProcStats>,
@@ -135,6 +137,7 @@ impl Conversation {
             mode,
             stats,
             request_body: Default::default(),
+            response_body: Default::default(),
             observer: None,
             closed: false,
             request_attributes: None,
@@ -145,8 +148,8 @@ impl Conversation {
 
     /// Takes the processor's `mode_override` from an answer to headers, when the filter has
     /// `allow_mode_override` (as Envoy: the new mode applies to the rest of the request and
-    /// to the response). An override asking for a mode Sentinel does not implement (response
-    /// body) is ignored whole and logged.
+    /// to the response). An override asking for a mode Sentinel does not implement
+    /// (FULL_DUPLEX_STREAMED response bodies) is ignored whole and logged.
     pub(crate) fn mode_override(&mut self, mut resp: ProcessingResponse) -> ProcessingResponse {
         if let (true, Some(m)) = (self.config.allow_mode_override, resp.mode_override.take()) {
             match ProcessingMode::overridden(&m) {

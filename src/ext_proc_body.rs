@@ -20,8 +20,8 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 use sentinel_proto::pb::envoy::service::ext_proc::v3::{
-    body_mutation, processing_request, processing_response, HttpBody, ProcessingRequest,
-    ProcessingResponse,
+    body_mutation, processing_request, processing_response, CommonResponse, HttpBody,
+    ProcessingRequest, ProcessingResponse,
 };
 use sentinel_xds::config::cluster::UpstreamProtocol;
 use sentinel_xds::config::ext_proc::{BodyMode, ExtProc};
@@ -29,6 +29,7 @@ use sentinel_xds::config::ext_proc::{BodyMode, ExtProc};
 use crate::ext_proc::{immediate_reply, Conversation, Failure};
 use crate::filters::FilterReply;
 use crate::proxy::{Ctx, HttpHandler};
+use crate::upstream::ClusterManager;
 
 /// The request body's progress through one processor.
 #[derive(Default)]
@@ -53,52 +54,107 @@ pub(crate) struct Replay {
     truncated: bool,
 }
 
+const REQUEST: Direction = Direction::Request;
+
 /// Why a body cannot go on: the answer the client gets instead.
 pub(crate) enum Stop {
     Reply(FilterReply),
     Status(u16),
 }
 
-pub(crate) fn body_message(body: Bytes, end_of_stream: bool) -> ProcessingRequest {
+/// Which way a body goes: it names the body message and the answer expected.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Request,
+    Response,
+}
+
+pub(crate) fn body_message(body: Bytes, end_of_stream: bool, dir: Direction) -> ProcessingRequest {
+    let body = HttpBody {
+        body: body.to_vec(),
+        end_of_stream,
+        ..Default::default()
+    };
     ProcessingRequest {
-        request: Some(processing_request::Request::RequestBody(HttpBody {
-            body: body.to_vec(),
-            end_of_stream,
-            ..Default::default()
-        })),
+        request: Some(match dir {
+            Direction::Request => processing_request::Request::RequestBody(body),
+            Direction::Response => processing_request::Request::ResponseBody(body),
+        }),
         ..Default::default()
     }
 }
 
-/// The processor's answer to a request body message: the body to send on, or a stop.
-fn body_answer(resp: ProcessingResponse, body: Bytes, config: &ExtProc) -> Result<Bytes, Answer> {
+/// The processor's answer to a body message of `dir`: its common response, or a stop (an
+/// answer of another kind is a failure, as in Envoy).
+pub(crate) fn body_answer(
+    resp: ProcessingResponse,
+    config: &ExtProc,
+    dir: Direction,
+) -> Result<CommonResponse, Answer> {
     use processing_response::Response as R;
-    match resp.response {
-        Some(R::ImmediateResponse(i)) if !config.disable_immediate_response => {
+    match (resp.response, dir) {
+        (Some(R::ImmediateResponse(i)), _) if !config.disable_immediate_response => {
             Err(Answer::Immediate(immediate_reply(i)))
         }
-        Some(R::RequestBody(b)) => {
-            let common = b.response.unwrap_or_default();
-            if common
-                .header_mutation
-                .as_ref()
-                .is_some_and(|m| !m.set_headers.is_empty() || !m.remove_headers.is_empty())
-            {
-                tracing::debug!("ext_proc: header mutation in a request body answer dropped");
-            }
-            Ok(match common.body_mutation.and_then(|m| m.mutation) {
-                Some(body_mutation::Mutation::Body(b)) => Bytes::from(b),
-                Some(body_mutation::Mutation::ClearBody(true)) => Bytes::new(),
-                _ => body,
-            })
-        }
+        (Some(R::RequestBody(b)), Direction::Request)
+        | (Some(R::ResponseBody(b)), Direction::Response) => Ok(b.response.unwrap_or_default()),
         _ => Err(Answer::Failed(Failure::Error)),
     }
 }
 
-enum Answer {
+/// The body after an answer's body mutation (`body` replaces it, `clear_body` empties it).
+pub(crate) fn mutated_body(common: &CommonResponse, body: Bytes) -> Bytes {
+    match common
+        .body_mutation
+        .as_ref()
+        .and_then(|m| m.mutation.as_ref())
+    {
+        Some(body_mutation::Mutation::Body(b)) => Bytes::from(b.clone()),
+        Some(body_mutation::Mutation::ClearBody(true)) => Bytes::new(),
+        _ => body,
+    }
+}
+
+/// Whether an answer carries a header mutation that changes anything.
+pub(crate) fn mutates_headers(common: &CommonResponse) -> bool {
+    common
+        .header_mutation
+        .as_ref()
+        .is_some_and(|m| !m.set_headers.is_empty() || !m.remove_headers.is_empty())
+}
+
+pub(crate) enum Answer {
     Immediate(FilterReply),
     Failed(Failure),
+}
+
+/// `observability_mode`: a chunk goes to the processor without waiting, in STREAMED mode
+/// only (Envoy sends nothing in the other body modes); the data goes on unchanged. Only a
+/// stream that cannot be opened stops the body (unless `failure_mode_allow`).
+pub(crate) async fn observe_chunk(
+    conv: &mut Conversation,
+    clusters: &ClusterManager,
+    data: &Bytes,
+    end: bool,
+    dir: Direction,
+) -> Result<(), Stop> {
+    let mode = match dir {
+        Direction::Request => conv.mode.request_body,
+        Direction::Response => conv.mode.response_body,
+    };
+    if mode != BodyMode::Streamed || (data.is_empty() && !end) {
+        return Ok(());
+    }
+    if let Err(f) = conv
+        .observe(clusters, body_message(data.clone(), end, dir))
+        .await
+    {
+        if !conv.config.failure_mode_allow {
+            return Err(failure_reply(f));
+        }
+        conv.stats.failure_mode_allowed.inc();
+    }
+    Ok(())
 }
 
 pub(crate) fn failure_reply(f: Failure) -> Stop {
@@ -106,8 +162,14 @@ pub(crate) fn failure_reply(f: Failure) -> Stop {
 }
 
 impl BodyState {
-    fn take(&mut self) -> Bytes {
+    pub(crate) fn take(&mut self) -> Bytes {
         std::mem::take(&mut self.buffered).freeze()
+    }
+
+    /// Buffers a chunk; returns how much is buffered.
+    pub(crate) fn push(&mut self, data: &[u8]) -> usize {
+        self.buffered.extend_from_slice(data);
+        self.buffered.len()
     }
 }
 
@@ -201,16 +263,7 @@ impl HttpHandler {
             return Ok(data);
         }
         if conv.config.observability_mode {
-            // Only STREAMED bodies are sent in this mode; the data goes on unchanged.
-            if mode == BodyMode::Streamed && (!data.is_empty() || end) {
-                let msg = body_message(data.clone(), end);
-                if let Err(f) = conv.observe(&self.clusters, msg).await {
-                    if !conv.config.failure_mode_allow {
-                        return Err(failure_reply(f));
-                    }
-                    conv.stats.failure_mode_allowed.inc();
-                }
-            }
+            observe_chunk(conv, &self.clusters, &data, end, REQUEST).await?;
             return Ok(data);
         }
         if mode == BodyMode::FullDuplexStreamed {
@@ -247,10 +300,16 @@ impl HttpHandler {
         };
         let config = conv.config.clone();
         let answer = conv
-            .exchange(&self.clusters, body_message(message.clone(), eos))
+            .exchange(&self.clusters, body_message(message.clone(), eos, REQUEST))
             .await
             .map_err(Answer::Failed)
-            .and_then(|r| body_answer(r, message.clone(), &config));
+            .and_then(|r| body_answer(r, &config, REQUEST))
+            .map(|common| {
+                if mutates_headers(&common) {
+                    tracing::debug!("ext_proc: header mutation in a request body answer dropped");
+                }
+                mutated_body(&common, message.clone())
+            });
         match answer {
             Ok(out) => {
                 let cl = conv.request_body.content_length;

@@ -23,7 +23,7 @@ use sentinel_proto::pb::envoy::service::ext_proc::v3::{
 };
 
 use crate::ext_proc::{immediate_reply, Conversation, Failure};
-use crate::ext_proc_body::{body_message, failure_reply, Stop};
+use crate::ext_proc_body::{body_message, failure_reply, Direction, Stop};
 use crate::proxy::HttpHandler;
 
 /// Envoy's default `stream_idle_timeout`.
@@ -69,7 +69,7 @@ impl HttpHandler {
         }
         if !data.is_empty() || end {
             match conv
-                .send_only(&self.clusters, body_message(data, end))
+                .send_only(&self.clusters, body_message(data, end, Direction::Request))
                 .await
             {
                 Ok(()) => {}

@@ -4,19 +4,23 @@
 //! order, and its `header_mutation` changes them. A response without trailers sends no
 //! trailers message. Cases `ext_proc/response_trailers*` pass on Envoy 1.40 and Sentinel.
 //!
-//! By the time trailers arrive, the response headers and body have gone to the client, so a
-//! processor that fails or answers with an immediate response gets the stream reset (HTTP/2)
-//! or the connection closed (HTTP/1), as Envoy does when its headers were sent. (Envoy answers
-//! with a clean local reply instead when the whole response reached it while it still waited
-//! on the response headers' answer; Pingora always writes the headers first.)
+//! The trailers go after the body messages of the same batch (ext_proc_response_body.rs). A
+//! processor that fails or answers with an immediate response stops the response: the client
+//! gets the answer when its headers are still in the same batch or held back by a body
+//! processor (as Envoy, whose headers wait while the whole response arrives during the
+//! headers' answer), and its stream is reset (HTTP/2) or its connection closed (HTTP/1)
+//! when the headers went out already.
 
 use http::HeaderMap;
+use pingora_core::protocols::http::HttpTask;
+use pingora_error::Result;
 use pingora_proxy::Session;
 use sentinel_proto::pb::envoy::service::ext_proc::v3::{
     processing_request, processing_response, HttpTrailers, ProcessingRequest,
 };
 
 use crate::ext_proc::{self, Conversation, Failure};
+use crate::ext_proc_body::{failure_reply, Stop};
 use crate::proxy::{Ctx, HttpHandler};
 
 fn trailers_message(trailers: &HeaderMap) -> ProcessingRequest {
@@ -32,45 +36,76 @@ fn trailers_message(trailers: &HeaderMap) -> ProcessingRequest {
 }
 
 impl HttpHandler {
-    /// Runs the response trailers through the processors that asked for them.
-    pub(crate) async fn ext_proc_response_trailers(
+    /// Runs a batch's response trailers through the processors that asked for them, after
+    /// the batch's body went through the body processors (Envoy's order). A stop answers the
+    /// client when its headers are still in this batch or held back, and resets its stream
+    /// otherwise.
+    pub(crate) async fn ext_proc_trailer_tasks(
         &self,
         session: &mut Session,
-        trailers: &mut HeaderMap,
+        mut tasks: Vec<HttpTask>,
         ctx: &mut Ctx,
-    ) {
+    ) -> Result<Vec<HttpTask>> {
+        if !ctx.ext_proc.iter().any(|c| c.mode.response_trailers) {
+            return Ok(tasks);
+        }
+        let Some(at) = tasks
+            .iter()
+            .position(|t| matches!(t, HttpTask::Trailer(Some(_))))
+        else {
+            return Ok(tasks);
+        };
         let mut convs = std::mem::take(&mut ctx.ext_proc);
-        let mut stopped = false;
-        for conv in convs.iter_mut().rev() {
-            if conv.mode.response_trailers && !self.trailers_through(conv, trailers).await {
-                stopped = true;
-                break;
+        let mut stop = None;
+        if let HttpTask::Trailer(Some(trailers)) = &mut tasks[at] {
+            for conv in convs.iter_mut().rev() {
+                if conv.mode.response_trailers {
+                    if let Err(s) = self.trailers_through(conv, trailers).await {
+                        stop = Some(s);
+                        break;
+                    }
+                }
             }
         }
         ctx.ext_proc = convs;
-        if stopped {
-            // The headers are out: all that is left is to end the stream abruptly.
-            session.as_downstream_mut().shutdown().await;
+        let Some(stop) = stop else {
+            return Ok(tasks);
+        };
+        tasks.truncate(at);
+        let header_here = tasks
+            .iter()
+            .position(|t| matches!(t, HttpTask::Header(h, _) if !h.status.is_informational()));
+        if let Some(i) = header_here {
+            // Nothing reached the client yet: the answer replaces the whole response.
+            if let Some(HttpTask::Header(h, _)) = tasks.drain(i..).next() {
+                ctx.response_hold.hold_back(h);
+            }
         }
+        self.stop_response(session, stop, tasks, ctx)
     }
 
-    /// One processor: false when the response must stop.
-    async fn trailers_through(&self, conv: &mut Conversation, trailers: &mut HeaderMap) -> bool {
+    /// One processor: Err when the response must stop.
+    async fn trailers_through(
+        &self,
+        conv: &mut Conversation,
+        trailers: &mut HeaderMap,
+    ) -> std::result::Result<(), Stop> {
         let msg = trailers_message(trailers);
         let config = conv.config.clone();
         let failed = |conv: &Conversation, f: Failure| {
             tracing::debug!("ext_proc failed on the response trailers: {f:?}");
             if f == Failure::Closed {
-                return true;
+                return Ok(());
             }
             if config.failure_mode_allow {
                 conv.stats.failure_mode_allowed.inc();
+                return Ok(());
             }
-            config.failure_mode_allow
+            Err(failure_reply(f))
         };
         if config.observability_mode {
             return match conv.observe(&self.clusters, msg).await {
-                Ok(()) => true,
+                Ok(()) => Ok(()),
                 Err(f) => failed(conv, f),
             };
         }
@@ -80,14 +115,14 @@ impl HttpHandler {
             Ok(Some(R::ResponseTrailers(t))) => match t.header_mutation {
                 Some(m) => match ext_proc::apply(&m, &config.mutation_rules, trailers, &conv.stats)
                 {
-                    Ok(_) => true,
+                    Ok(_) => Ok(()),
                     Err(f) => failed(conv, f),
                 },
-                None => true,
+                None => Ok(()),
             },
-            Ok(Some(R::ImmediateResponse(_))) if !config.disable_immediate_response => {
+            Ok(Some(R::ImmediateResponse(i))) if !config.disable_immediate_response => {
                 conv.stats.immediate_responses_sent.inc();
-                false
+                Err(Stop::Reply(ext_proc::immediate_reply(i)))
             }
             Ok(_) => failed(conv, Failure::Error),
             Err(f) => failed(conv, f),

@@ -219,7 +219,11 @@ impl HttpHandler {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
         }
-        if mode.response_headers || body || mode.response_trailers {
+        if mode.response_headers
+            || body
+            || mode.response_body != BodyMode::None
+            || mode.response_trailers
+        {
             ctx.ext_proc.push(conv);
         }
         None
@@ -272,6 +276,19 @@ impl HttpHandler {
         ctx: &mut Ctx,
     ) {
         let mut convs = std::mem::take(&mut ctx.ext_proc);
+        self.ext_proc_response_headers(&mut convs, req, resp, ctx)
+            .await;
+        // Kept for the response body and trailers.
+        ctx.ext_proc = convs;
+    }
+
+    async fn ext_proc_response_headers(
+        &self,
+        convs: &mut [ext_proc::Conversation],
+        req: &RequestHeader,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) {
         for conv in convs.iter_mut().rev() {
             let attributes = &conv.config.response_attributes;
             conv.response_attributes = self.attributes(attributes, req, Some(resp), ctx);
@@ -321,7 +338,11 @@ impl HttpHandler {
             };
             match (failure, config.failure_mode_allow) {
                 (Some(ext_proc::Failure::Closed), _) => {}
-                (Some(_), true) => conv.stats.failure_mode_allowed.inc(),
+                (Some(_), true) => {
+                    // Envoy is done with the processor: no body messages follow.
+                    conv.stats.failure_mode_allowed.inc();
+                    conv.response_body.done = true;
+                }
                 (Some(f), false) => {
                     replace_response(resp, ctx, f.status(), String::new(), vec![]);
                     return;
@@ -329,9 +350,6 @@ impl HttpHandler {
                 (None, _) => {}
             }
         }
-        // Processors that want the response trailers keep their stream until then.
-        convs.retain(|c| c.mode.response_trailers);
-        ctx.ext_proc = convs;
     }
 
     async fn global_rate_limit(

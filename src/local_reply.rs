@@ -66,7 +66,24 @@ impl HttpHandler {
         extra: &[(&str, String)],
         ctx: &Ctx,
     ) -> Result<()> {
-        let grpc = crate::request::is_grpc(&session.req_header().headers);
+        let (resp, body) = self.local_response(session.req_header(), status, body, extra, ctx)?;
+        session.write_response_header(resp, body.is_none()).await?;
+        // The header write does not end the stream by itself (HTTP/2 would see a reset).
+        session.write_response_body(body, true).await
+    }
+
+    /// A local reply's header (Envoy's headers, the route's response mutations) and its body,
+    /// None when it has none (or answers HEAD). Written by `send_local`, or handed to Pingora
+    /// as response tasks when a processor replaces a response held back from the client.
+    pub(crate) fn local_response(
+        &self,
+        req: &RequestHeader,
+        status: u16,
+        body: Bytes,
+        extra: &[(&str, String)],
+        ctx: &Ctx,
+    ) -> Result<(Box<ResponseHeader>, Option<Bytes>)> {
+        let grpc = crate::request::is_grpc(&req.headers);
         let mut resp;
         if grpc && status != 200 {
             // gRPC clients read errors from grpc-status: a trailers-only answer, as in Envoy.
@@ -98,13 +115,9 @@ impl HttpHandler {
         for (k, v) in extra {
             resp.insert_header(k.to_string(), v.as_str())?;
         }
-        self.finish_response_headers(&mut resp, ctx, session.req_header());
-        let head = session.req_header().method == http::Method::HEAD;
-        let end = body.is_empty() || head;
-        session.write_response_header(Box::new(resp), end).await?;
-        // The header write does not end the stream by itself (HTTP/2 would see a reset).
-        let body = (!head && !body.is_empty()).then_some(body);
-        session.write_response_body(body, true).await
+        self.finish_response_headers(&mut resp, ctx, req);
+        let head = req.method == http::Method::HEAD;
+        Ok((Box::new(resp), (!head && !body.is_empty()).then_some(body)))
     }
 
     /// Response header mutations of every level, then the `server` header.

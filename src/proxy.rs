@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_core::protocols::http::HttpTask;
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -105,6 +106,8 @@ pub struct Ctx {
     pub(crate) request_end_of_stream: bool,
     /// The request body as the ext_proc processors made it, kept for retries.
     pub(crate) ext_proc_replay: crate::ext_proc_body::Replay,
+    /// The response as the ext_proc processors keep it back while they read its body.
+    pub(crate) response_hold: crate::ext_proc_response_body::Hold,
     /// A processor asked to route again (`clear_route_cache`).
     pub(crate) clear_route_cache: bool,
     /// A body that replaces the upstream's (a processor's immediate response).
@@ -644,8 +647,9 @@ impl ProxyHttp for HttpHandler {
                 c.stats.upstream_rq_timeout.inc();
             }
         }
-        let can =
-            session.response_written().is_none() && !session.as_ref().retry_buffer_truncated();
+        let can = session.response_written().is_none()
+            && !ctx.response_hold.started()
+            && !session.as_ref().retry_buffer_truncated();
         e.set_retry(can && *e.esource() == ErrorSource::Upstream && self.retry(ctx, failure));
         e
     }
@@ -688,6 +692,7 @@ impl ProxyHttp for HttpHandler {
             let _ = resp.insert_header("x-envoy-attempt-count", ctx.attempts.to_string());
         }
         if !ctx.ext_proc.is_empty() {
+            crate::ext_proc_response_body::framing_mode(ctx);
             self.ext_proc_response(session.req_header(), resp, ctx)
                 .await;
         }
@@ -712,18 +717,27 @@ impl ProxyHttp for HttpHandler {
 
     async fn response_trailer_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         trailers: &mut http::HeaderMap,
         ctx: &mut Ctx,
     ) -> Result<Option<Bytes>> {
         if ctx.replace_body.is_some() {
             // A local answer replaced the upstream's: it has no trailers.
             trailers.clear();
-        } else if !ctx.ext_proc.is_empty() {
-            self.ext_proc_response_trailers(session, trailers, ctx)
-                .await;
         }
         Ok(None)
+    }
+
+    /// Where ext_proc response bodies and trailers are processed: the headers may wait for a
+    /// body answer, and the trailers go after the body.
+    async fn response_tasks_filter(
+        &self,
+        session: &mut Session,
+        tasks: Vec<HttpTask>,
+        ctx: &mut Ctx,
+    ) -> Result<Vec<HttpTask>> {
+        let tasks = self.ext_proc_response_tasks(session, tasks, ctx).await?;
+        self.ext_proc_trailer_tasks(session, tasks, ctx).await
     }
 
     fn upstream_response_body_filter(

@@ -7,11 +7,8 @@ use std::time::Duration;
 
 use sentinel_proto::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use sentinel_proto::pb::envoy::service::ext_proc::v3::{
-    external_processor_server::{ExternalProcessor, ExternalProcessorServer},
-    processing_request::Request,
-    processing_response::Response,
-    CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse, ProcessingRequest,
-    ProcessingResponse,
+    processing_request::Request, processing_response::Response, CommonResponse, HeaderMutation,
+    HeadersResponse, ImmediateResponse,
 };
 use test_support::*;
 
@@ -46,81 +43,49 @@ fn header(
         .map(|h| String::from_utf8_lossy(&h.raw_value).into_owned())
 }
 
-#[tonic::async_trait]
-impl ExternalProcessor for Processor {
-    type ProcessStream =
-        tokio_stream::wrappers::ReceiverStream<Result<ProcessingResponse, tonic::Status>>;
-
-    async fn process(
-        &self,
-        req: tonic::Request<tonic::Streaming<ProcessingRequest>>,
-    ) -> Result<tonic::Response<Self::ProcessStream>, tonic::Status> {
-        let mut inbound = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let calls = self.calls.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = inbound.message().await {
-                calls.fetch_add(1, Ordering::SeqCst);
-                let response = match msg.request {
-                    Some(Request::RequestHeaders(h)) => match header(&h, ":path").as_deref() {
-                        Some("/blocked") => Response::ImmediateResponse(ImmediateResponse {
-                            status: Some(sentinel_proto::pb::envoy::r#type::v3::HttpStatus {
-                                code: 403,
-                            }),
-                            headers: Some(HeaderMutation {
-                                set_headers: vec![set("x-why", "policy")],
-                                ..Default::default()
-                            }),
-                            body: b"denied".to_vec(),
-                            ..Default::default()
-                        }),
-                        Some("/slow") => {
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            Response::RequestHeaders(HeadersResponse::default())
-                        }
-                        _ => Response::RequestHeaders(HeadersResponse {
-                            response: Some(CommonResponse {
-                                header_mutation: Some(HeaderMutation {
-                                    set_headers: vec![
-                                        set(":path", "/rewritten"),
-                                        set("x-added", "1"),
-                                        set("host", "evil.example"),
-                                    ],
-                                    remove_headers: vec!["x-secret".into()],
-                                }),
-                                ..Default::default()
-                            }),
-                        }),
-                    },
-                    Some(Request::ResponseHeaders(_)) => {
-                        Response::ResponseHeaders(HeadersResponse {
-                            response: Some(CommonResponse {
-                                header_mutation: Some(HeaderMutation {
-                                    set_headers: vec![set("x-resp-proc", "1")],
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            }),
-                        })
-                    }
-                    _ => continue,
-                };
-                if tx
-                    .send(Ok(ProcessingResponse {
-                        response: Some(response),
-                        ..Default::default()
-                    }))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+/// The answer to one message (see [`Processor`]).
+fn answer(request: Request) -> Reply {
+    let response = match request {
+        Request::RequestHeaders(h) => match header(&h, ":path").as_deref() {
+            Some("/blocked") => Response::ImmediateResponse(ImmediateResponse {
+                status: Some(sentinel_proto::pb::envoy::r#type::v3::HttpStatus { code: 403 }),
+                headers: Some(HeaderMutation {
+                    set_headers: vec![set("x-why", "policy")],
+                    ..Default::default()
+                }),
+                body: b"denied".to_vec(),
+                ..Default::default()
+            }),
+            Some("/slow") => {
+                let late = Response::RequestHeaders(HeadersResponse::default());
+                return Reply::After(Duration::from_millis(500), late);
             }
-        });
-        Ok(tonic::Response::new(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        ))
-    }
+            _ => Response::RequestHeaders(HeadersResponse {
+                response: Some(CommonResponse {
+                    header_mutation: Some(HeaderMutation {
+                        set_headers: vec![
+                            set(":path", "/rewritten"),
+                            set("x-added", "1"),
+                            set("host", "evil.example"),
+                        ],
+                        remove_headers: vec!["x-secret".into()],
+                    }),
+                    ..Default::default()
+                }),
+            }),
+        },
+        Request::ResponseHeaders(_) => Response::ResponseHeaders(HeadersResponse {
+            response: Some(CommonResponse {
+                header_mutation: Some(HeaderMutation {
+                    set_headers: vec![set("x-resp-proc", "1")],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }),
+        _ => return Reply::Skip,
+    };
+    Reply::Send(response)
 }
 
 /// An upstream, a processor, and the clusters for both.
@@ -136,14 +101,13 @@ async fn setup() -> (SocketAddr, Processor, String) {
 }
 
 async fn processor() -> (SocketAddr, Processor) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let p = Processor::default();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ExternalProcessorServer::new(p.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
-    );
+    let calls = p.calls.clone();
+    let addr = ext_proc_processor(move |_: &mut (), request| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        answer(request)
+    })
+    .await;
     (addr, p)
 }
 

@@ -6,10 +6,8 @@ use std::sync::{Arc, Mutex};
 use sentinel::Running;
 use sentinel_proto::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use sentinel_proto::pb::envoy::service::ext_proc::v3::{
-    body_mutation, external_processor_server::ExternalProcessor,
-    external_processor_server::ExternalProcessorServer, processing_request::Request,
-    processing_response::Response, BodyMutation, BodyResponse, CommonResponse, HeaderMutation,
-    HeadersResponse, ImmediateResponse, ProcessingRequest, ProcessingResponse,
+    body_mutation, processing_request::Request, processing_response::Response, BodyMutation,
+    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse,
 };
 use test_support::*;
 
@@ -63,47 +61,28 @@ fn body_answer(path: &str, body: &[u8]) -> Response {
     })
 }
 
-#[tonic::async_trait]
-impl ExternalProcessor for BodyProcessor {
-    type ProcessStream =
-        tokio_stream::wrappers::ReceiverStream<Result<ProcessingResponse, tonic::Status>>;
-
-    async fn process(
-        &self,
-        req: tonic::Request<tonic::Streaming<ProcessingRequest>>,
-    ) -> Result<tonic::Response<Self::ProcessStream>, tonic::Status> {
-        let mut inbound = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
+impl BodyProcessor {
+    /// Serves it; the stream's state is the request's `:path`.
+    async fn serve(&self) -> SocketAddr {
         let bodies = self.bodies.clone();
-        tokio::spawn(async move {
-            let mut path = String::new();
-            while let Ok(Some(msg)) = inbound.message().await {
-                let response = match msg.request {
-                    Some(Request::RequestHeaders(h)) => {
-                        path = path_of(&h);
-                        Response::RequestHeaders(HeadersResponse::default())
-                    }
-                    Some(Request::RequestBody(b)) => {
-                        bodies.lock().unwrap().push((b.body.len(), b.end_of_stream));
-                        body_answer(&path, &b.body)
-                    }
-                    Some(Request::ResponseHeaders(_)) => {
-                        Response::ResponseHeaders(HeadersResponse::default())
-                    }
-                    _ => continue,
-                };
-                let msg = ProcessingResponse {
-                    response: Some(response),
-                    ..Default::default()
-                };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
+        ext_proc_processor(move |path: &mut String, request| {
+            Reply::Send(match request {
+                Request::RequestHeaders(h) => {
+                    *path = path_of(&h);
+                    Response::RequestHeaders(HeadersResponse::default())
                 }
-            }
-        });
-        Ok(tonic::Response::new(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        ))
+                Request::RequestBody(_) if path == "/bye" => return Reply::End,
+                Request::RequestBody(b) => {
+                    bodies.lock().unwrap().push((b.body.len(), b.end_of_stream));
+                    body_answer(path, &b.body)
+                }
+                Request::ResponseHeaders(_) => {
+                    Response::ResponseHeaders(HeadersResponse::default())
+                }
+                _ => return Reply::Skip,
+            })
+        })
+        .await
     }
 }
 
@@ -116,14 +95,8 @@ async fn setup(mode: &str) -> (Running, SocketAddr, Seen, BodyProcessor) {
 /// Like [`setup`], with more ExternalProcessor fields (`, key: value`).
 async fn setup_with(mode: &str, extra: &str) -> (Running, SocketAddr, Seen, BodyProcessor) {
     let (up, seen) = scripted_upstream("up", |_| 200).await;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proc_addr = l.local_addr().unwrap();
     let p = BodyProcessor::default();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ExternalProcessorServer::new(p.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
-    );
+    let proc_addr = p.serve().await;
     let clusters = format!(
         "[ {}, {} ]",
         static_cluster("up", &[up]),

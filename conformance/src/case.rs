@@ -97,6 +97,14 @@ pub struct UpstreamSpec {
     /// A fixed body instead of the JSON echo (then `seen` cannot be checked).
     #[serde(default)]
     pub body: Option<String>,
+    /// A body of this many `x` bytes instead (at most `MAX_BODY_BYTES`).
+    #[serde(default)]
+    pub body_bytes: Option<usize>,
+    /// A body sent in these pieces instead, each after `chunk_delay_ms`, the headers first.
+    #[serde(default)]
+    pub chunks: Vec<String>,
+    #[serde(default)]
+    pub chunk_delay_ms: Option<u64>,
     /// Read the request, then close the connection without answering.
     #[serde(default)]
     pub close: bool,
@@ -133,6 +141,12 @@ pub struct ExtProcScript {
     /// `close` and `report` apply); `report` sets `x-proc-trailers` to the names it got.
     #[serde(default)]
     pub response_trailers: ExtProcAnswer,
+    /// The answer to each response body message.
+    #[serde(default)]
+    pub response_body: ExtProcAnswer,
+    /// The answer to the response body message of this number (from 1), instead.
+    #[serde(default)]
+    pub response_body_nth: BTreeMap<usize, ExtProcAnswer>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -162,6 +176,10 @@ pub struct ExtProcAnswer {
     /// carries the chunk upper-cased and the message's `end_of_stream`.
     #[serde(default)]
     pub streamed: bool,
+    /// Body messages: replace the body (chunk) with what the message held, as
+    /// `[<message number>:<end_of_stream>:<body>]`.
+    #[serde(default)]
+    pub echo_body: bool,
     /// Response headers: report what the processor got before, as response headers
     /// `x-proc-request-eos` (the request headers' end_of_stream), `x-proc-body` (the request
     /// body messages joined), `x-proc-body-eos` (the last one's end_of_stream) and

@@ -1,4 +1,4 @@
-//! A scripted ext_proc server for cases: answers request and response headers as the case's
+//! A scripted ext_proc server for cases: answers headers and bodies, both ways, as the case's
 //! `ext_proc` script says (mutations, immediate responses, delays).
 
 use std::collections::BTreeMap;
@@ -56,6 +56,7 @@ struct Seen {
     attributes: Vec<String>,
     /// The names in the response trailers message.
     trailers: Vec<String>,
+    response_body_msgs: usize,
 }
 
 /// A message's `attributes` (the ext_proc filter's Struct) as `key=value;...`, keys sorted.
@@ -139,16 +140,17 @@ enum Phase {
     RequestHeaders,
     RequestBody,
     ResponseHeaders,
+    ResponseBody,
     ResponseTrailers,
 }
 
-/// The message for an answer, as a reply of the message's kind.
-/// `streamed`: the body message's chunk and end_of_stream, for a `streamed` answer.
+/// The message for an answer, as a reply of the message's kind; `body` is the body message's
+/// (number, end_of_stream, body), for `echo_body` and `streamed`.
 async fn reply(
     answer: &ExtProcAnswer,
     phase: Phase,
     seen: &Seen,
-    streamed: Option<(Vec<u8>, bool)>,
+    body: Option<(usize, bool, &[u8])>,
 ) -> Response {
     if let Some(ms) = answer.delay_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -171,20 +173,21 @@ async fn reply(
     if answer.report {
         set_headers.extend(seen.headers());
     }
-    let body_mutation = match (&answer.body, answer.clear_body) {
-        _ if answer.streamed => {
-            let (chunk, end_of_stream) = streamed.unwrap_or_default();
-            Some(body_mutation::Mutation::StreamedResponse(
-                StreamedBodyResponse {
-                    body: chunk.to_ascii_uppercase(),
-                    end_of_stream,
-                    ..Default::default()
-                },
-            ))
+    let body_mutation = match (&answer.body, answer.clear_body, body) {
+        (_, _, Some((_, end_of_stream, b))) if answer.streamed => Some(
+            body_mutation::Mutation::StreamedResponse(StreamedBodyResponse {
+                body: b.to_ascii_uppercase(),
+                end_of_stream,
+                ..Default::default()
+            }),
+        ),
+        (Some(b), _, _) => Some(body_mutation::Mutation::Body(b.as_bytes().to_vec())),
+        (None, true, _) => Some(body_mutation::Mutation::ClearBody(true)),
+        (None, false, Some((n, eos, b))) if answer.echo_body => {
+            let echo = format!("[{n}:{eos}:{}]", String::from_utf8_lossy(b));
+            Some(body_mutation::Mutation::Body(echo.into_bytes()))
         }
-        (Some(b), _) => Some(body_mutation::Mutation::Body(b.as_bytes().to_vec())),
-        (None, true) => Some(body_mutation::Mutation::ClearBody(true)),
-        (None, false) => None,
+        (None, false, _) => None,
     };
     let common = CommonResponse {
         header_mutation: Some(HeaderMutation {
@@ -208,6 +211,9 @@ async fn reply(
             response: Some(common),
         }),
         Phase::RequestBody => Response::RequestBody(BodyResponse {
+            response: Some(common),
+        }),
+        Phase::ResponseBody => Response::ResponseBody(BodyResponse {
             response: Some(common),
         }),
         Phase::ResponseTrailers => Response::ResponseTrailers(TrailersResponse {
@@ -259,9 +265,17 @@ impl ExternalProcessor for Scripted {
                         seen.body_eos = Some(b.end_of_stream);
                         seen.body_msgs += 1;
                         let answer = &script.request_body;
-                        let chunk = Some((b.body.clone(), b.end_of_stream));
+                        let body = Some((seen.body_msgs, b.end_of_stream, b.body.as_slice()));
+                        (reply(answer, Phase::RequestBody, &seen, body).await, answer)
+                    }
+                    Some(Request::ResponseBody(b)) => {
+                        seen.response_body_msgs += 1;
+                        let n = seen.response_body_msgs;
+                        let answer = script.response_body_nth.get(&n);
+                        let answer = answer.unwrap_or(&script.response_body);
+                        let body = Some((n, b.end_of_stream, b.body.as_slice()));
                         (
-                            reply(answer, Phase::RequestBody, &seen, chunk).await,
+                            reply(answer, Phase::ResponseBody, &seen, body).await,
                             answer,
                         )
                     }

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Either, Full, StreamBody};
+use futures::StreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -19,10 +20,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::case::UpstreamSpec;
-
-/// A response body: whole, or (with trailers) a data frame and a trailers frame. Without
-/// trailers the body stays `Full`, so HTTP/1 answers keep their content-length.
-type Body = Either<Full<Bytes>, UnsyncBoxBody<Bytes, Infallible>>;
 
 /// The longest a `close`/`reset` upstream reads before giving up on the request head.
 const READ_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -162,7 +159,7 @@ async fn answer(
     req: hyper::Request<Incoming>,
     name: &str,
     spec: &UpstreamSpec,
-) -> hyper::Response<Body> {
+) -> hyper::Response<BoxBody<Bytes, Infallible>> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -197,45 +194,59 @@ async fn answer(
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
     });
-    let out_body = match &spec.body {
-        Some(b) => b.clone(),
-        None => echo.to_string(),
+    let out_body = match (&spec.body, spec.body_bytes) {
+        (Some(b), _) => b.clone(),
+        (None, Some(n)) => "x".repeat(n.min(crate::case::MAX_BODY_BYTES)),
+        (None, None) => echo.to_string(),
     };
     let mut resp = hyper::Response::builder()
         .status(spec.status.unwrap_or(200))
         .header("x-upstream", name);
-    if spec.body.is_none() {
+    if spec.body.is_none() && spec.body_bytes.is_none() && spec.chunks.is_empty() {
         resp = resp.header("content-type", "application/json");
     }
     for (k, v) in &spec.headers {
         resp = resp.header(k.as_str(), v.as_str());
     }
-    let body = if spec.trailers.is_empty() {
-        Either::Left(Full::new(Bytes::from(out_body)))
+    let body = if spec.chunks.is_empty() && spec.trailers.is_empty() {
+        Full::new(Bytes::from(out_body)).boxed()
     } else {
+        framed(spec, out_body)
+    };
+    resp.body(body).unwrap_or_else(|e| {
+        let text = Bytes::from(format!("bad upstream spec: {e}"));
+        let mut r = hyper::Response::new(Full::new(text).boxed());
+        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+}
+
+/// A body in frames, the headers first: the spec's `chunks` (else the whole body), each after
+/// `chunk_delay_ms` (chunked on HTTP/1, one DATA frame each on HTTP/2), then its trailers
+/// after `trailers_delay_ms`.
+fn framed(spec: &UpstreamSpec, whole: String) -> BoxBody<Bytes, Infallible> {
+    let (data, delay) = match spec.chunks.is_empty() {
+        true => (vec![whole], 0),
+        false => (spec.chunks.clone(), spec.chunk_delay_ms.unwrap_or(0)),
+    };
+    let mut frames: Vec<(u64, Frame<Bytes>)> = data
+        .into_iter()
+        .map(|c| (delay, Frame::data(Bytes::from(c))))
+        .collect();
+    if !spec.trailers.is_empty() {
         let trailers = spec
             .trailers
             .iter()
             .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
             .collect();
-        let delay = Duration::from_millis(spec.trailers_delay_ms.unwrap_or(0));
-        let frames = vec![
-            Frame::data(Bytes::from(out_body)),
-            Frame::trailers(trailers),
-        ];
-        let frames =
-            tokio_stream::StreamExt::then(tokio_stream::iter(frames), move |f| async move {
-                if f.is_trailers() && !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                Ok::<_, Infallible>(f)
-            });
-        Either::Right(StreamBody::new(frames).boxed_unsync())
-    };
-    resp.body(body).unwrap_or_else(|e| {
-        let text = Bytes::from(format!("bad upstream spec: {e}"));
-        let mut r = hyper::Response::new(Either::Left(Full::new(text)));
-        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-        r
-    })
+        let delay = spec.trailers_delay_ms.unwrap_or(0);
+        frames.push((delay, Frame::trailers(trailers)));
+    }
+    let frames = futures::stream::iter(frames).then(|(delay_ms, frame)| async move {
+        if delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        }
+        Ok::<_, Infallible>(frame)
+    });
+    BodyExt::boxed(StreamBody::new(frames))
 }

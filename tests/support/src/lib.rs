@@ -11,6 +11,9 @@ use http_body_util::Full;
 use sentinel::{Options, Running, SentinelApp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod ext_proc;
+pub use ext_proc::{ext_proc_processor, Reply};
+
 /// An upstream that answers 200 with its name, and echoes the path and host it saw.
 pub async fn upstream(name: &'static str) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -2,13 +2,14 @@
 //! and may change each request's and response's headers over one gRPC stream per request.
 //!
 //! Supported: header processing (SEND/SKIP, both directions), request body processing
-//! (STREAMED, BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED) with body mutations, response
-//! trailers, header mutations under
-//! `mutation_rules`, immediate responses, `message_timeout`, `failure_mode_allow`,
-//! `allow_mode_override`, `observability_mode`, and the per-route `ExtProcPerRoute`
-//! (disabled, or overrides of the mode, processor and `failure_mode_allow`), and `request_attributes`/`response_attributes`
-//! that name single attributes (ext_proc_attributes.rs). Response body
-//! processing is refused with a NACK until it is implemented.
+//! (STREAMED, BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED) and response body processing
+//! (STREAMED, BUFFERED, BUFFERED_PARTIAL) with body mutations, response trailers, header
+//! mutations under `mutation_rules`, immediate responses, `message_timeout`,
+//! `failure_mode_allow`, `allow_mode_override`, `observability_mode`, the per-route
+//! `ExtProcPerRoute` (disabled, or overrides of the mode, processor and `failure_mode_allow`),
+//! and `request_attributes`/`response_attributes` that name single attributes
+//! (ext_proc_attributes.rs). FULL_DUPLEX_STREAMED response bodies are refused with a NACK
+//! until they are implemented.
 
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ pub enum BodyMode {
     /// Not sent.
     #[default]
     None,
-    /// Each chunk as it arrives; the request goes upstream without `content-length`.
+    /// Each chunk as it arrives; the message goes on without `content-length`.
     Streamed,
     /// The whole body in one message, within the connection's buffer limit.
     Buffered,
@@ -60,6 +61,7 @@ pub struct ProcessingMode {
     pub request_headers: bool,
     pub response_headers: bool,
     pub request_body: BodyMode,
+    pub response_body: BodyMode,
     /// Response trailers go to the processor (`response_trailer_mode: SEND`).
     pub response_trailers: bool,
 }
@@ -76,19 +78,22 @@ impl ProcessingMode {
                 request_headers: true,
                 response_headers: true,
                 request_body: BodyMode::None,
+                response_body: BodyMode::None,
                 response_trailers: false,
             });
         };
         // HeaderSendMode: DEFAULT (0) and SEND (1) send, SKIP (2) skips.
         let send = |v: i32| v != 2;
-        if m.response_body_mode != 0 {
-            return Err(ConfigError::new(
-                format!("{path}.response_body_mode"),
-                "response body processing is not supported yet (only NONE)",
-            ));
-        }
         let request_body =
             BodyMode::from_proto(m.request_body_mode, &format!("{path}.request_body_mode"))?;
+        let response_body =
+            BodyMode::from_proto(m.response_body_mode, &format!("{path}.response_body_mode"))?;
+        if response_body == BodyMode::FullDuplexStreamed {
+            return Err(ConfigError::new(
+                format!("{path}.response_body_mode"),
+                "FULL_DUPLEX_STREAMED response bodies are not supported yet",
+            ));
+        }
         // Envoy's own check: a full-duplex body ends with the trailers message.
         if request_body == BodyMode::FullDuplexStreamed && m.request_trailer_mode != 1 {
             return Err(ConfigError::new(
@@ -102,6 +107,7 @@ impl ProcessingMode {
             request_headers: send(m.request_header_mode),
             response_headers: send(m.response_header_mode),
             request_body,
+            response_body,
             // TrailerSendMode is a HeaderSendMode whose DEFAULT skips.
             response_trailers: m.response_trailer_mode == 1,
         })
@@ -329,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn request_body_modes_are_read_and_the_rest_refused() {
+    fn body_modes_are_read_and_the_rest_refused() {
         let read = |m| ProcessingMode::from_proto(Some(&m), "processing_mode");
         assert_eq!(read(mode(0, 0, 0)).unwrap().request_body, BodyMode::None);
         assert_eq!(
@@ -344,13 +350,20 @@ mod tests {
             read(mode(3, 0, 0)).unwrap().request_body,
             BodyMode::BufferedPartial
         );
+        for (v, m) in [
+            (1, BodyMode::Streamed),
+            (2, BodyMode::Buffered),
+            (3, BodyMode::BufferedPartial),
+        ] {
+            assert_eq!(read(mode(0, v, 0)).unwrap().response_body, m);
+        }
         let refused = |m| read(m).unwrap_err().to_string();
         assert!(refused(mode(4, 0, 0)).contains("request_trailer_mode"));
         assert_eq!(
             read(mode(4, 0, 1)).unwrap().request_body,
             BodyMode::FullDuplexStreamed
         );
-        assert!(refused(mode(0, 2, 0)).contains("response_body_mode"));
+        assert!(refused(mode(0, 4, 0)).contains("response_body_mode"));
         let response_trailers = pb::ProcessingMode {
             response_trailer_mode: 1,
             ..Default::default()
