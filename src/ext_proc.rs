@@ -148,8 +148,8 @@ impl Conversation {
 
     /// Takes the processor's `mode_override` from an answer to headers, when the filter has
     /// `allow_mode_override` (as Envoy: the new mode applies to the rest of the request and
-    /// to the response). An override asking for a mode Sentinel does not implement
-    /// (FULL_DUPLEX_STREAMED response bodies) is ignored whole and logged.
+    /// to the response). An override whose mode a config would be refused for
+    /// (FULL_DUPLEX_STREAMED without trailers SEND) is ignored whole and logged.
     pub(crate) fn mode_override(&mut self, mut resp: ProcessingResponse) -> ProcessingResponse {
         if let (true, Some(m)) = (self.config.allow_mode_override, resp.mode_override.take()) {
             match ProcessingMode::overridden(&m) {

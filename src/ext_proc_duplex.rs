@@ -1,15 +1,15 @@
-//! ext_proc FULL_DUPLEX_STREAMED request bodies: every chunk goes to the processor as it
+//! ext_proc FULL_DUPLEX_STREAMED bodies, both ways: every chunk goes to the processor as it
 //! arrives, without waiting for an answer, and the processor streams the body back in
 //! `streamed_response`s of its own sizes, the last with `end_of_stream`.
 //!
-//! What Envoy 1.40 does, and Sentinel with it (cases `ext_proc/request_body_full_duplex*`):
-//! - the request goes upstream without `content-length` (chunked on HTTP/1), carrying what
-//!   the processor streamed back;
+//! What Envoy 1.40 does, and Sentinel with it (cases `ext_proc/*_full_duplex*`):
+//! - the body goes on without `content-length` (chunked on HTTP/1), carrying what the
+//!   processor streamed back;
 //! - `message_timeout` does not apply: a slow processor delays the body, it does not fail it;
 //! - a body answer that is not a `streamed_response` is a failure (500);
 //! - an immediate response stops the request;
-//! - a processor that ends its stream (gRPC OK) keeps the chunks it was sent: they never
-//!   reach the upstream, and the request goes on.
+//! - a processor that ends its stream (gRPC OK) keeps the chunks it was sent: they are lost,
+//!   and the rest goes on.
 //!
 //! Sentinel forwards what the processor sent back whenever the next downstream chunk comes,
 //! and waits for the rest at the end of the body, at most the connection manager's
@@ -35,21 +35,20 @@ enum Piece {
     Stop(Stop),
 }
 
-fn piece(resp: ProcessingResponse, conv: &Conversation) -> Piece {
+fn piece(resp: ProcessingResponse, conv: &Conversation, dir: Direction) -> Piece {
     use processing_response::Response as R;
-    match resp.response {
-        Some(R::ImmediateResponse(i)) if !conv.config.disable_immediate_response => {
+    let body = match (resp.response, dir) {
+        (Some(R::ImmediateResponse(i)), _) if !conv.config.disable_immediate_response => {
             conv.stats.immediate_responses_sent.inc();
-            Piece::Stop(Stop::Reply(immediate_reply(i)))
+            return Piece::Stop(Stop::Reply(immediate_reply(i)));
         }
-        Some(R::RequestBody(b)) => {
-            let mutation = b.response.and_then(|c| c.body_mutation?.mutation);
-            match mutation {
-                Some(body_mutation::Mutation::StreamedResponse(s)) => {
-                    Piece::Body(Bytes::from(s.body), s.end_of_stream)
-                }
-                _ => Piece::Stop(Stop::Status(500)),
-            }
+        (Some(R::RequestBody(b)), Direction::Request) => b,
+        (Some(R::ResponseBody(b)), Direction::Response) => b,
+        _ => return Piece::Stop(Stop::Status(500)),
+    };
+    match body.response.and_then(|c| c.body_mutation?.mutation) {
+        Some(body_mutation::Mutation::StreamedResponse(s)) => {
+            Piece::Body(Bytes::from(s.body), s.end_of_stream)
         }
         _ => Piece::Stop(Stop::Status(500)),
     }
@@ -67,16 +66,32 @@ impl HttpHandler {
         if conv.request_body.done {
             return Ok(data);
         }
+        let (out, finished) = self
+            .duplex_exchange(conv, data, end, Direction::Request)
+            .await?;
+        conv.request_body.done |= finished;
+        Ok(out)
+    }
+
+    /// One chunk of a body either way: sends it without waiting (when there is something to
+    /// send), then takes what the processor streamed back: what is there already, or at the
+    /// end of the body all of it up to its `end_of_stream`. Returns that and whether the
+    /// processor is done (its `end_of_stream`, or its stream ended: the chunks it kept are
+    /// lost, as in Envoy).
+    pub(crate) async fn duplex_exchange(
+        &self,
+        conv: &mut Conversation,
+        data: Bytes,
+        end: bool,
+        dir: Direction,
+    ) -> Result<(Bytes, bool), Stop> {
         if !data.is_empty() || end {
             match conv
-                .send_only(&self.clusters, body_message(data, end, Direction::Request))
+                .send_only(&self.clusters, body_message(data, end, dir))
                 .await
             {
                 Ok(()) => {}
-                Err(Failure::Closed) => {
-                    conv.request_body.done = true;
-                    return Ok(Bytes::new());
-                }
+                Err(Failure::Closed) => return Ok((Bytes::new(), true)),
                 Err(f) => return Err(failure_reply(f)),
             }
         }
@@ -87,22 +102,18 @@ impl HttpHandler {
         };
         let mut out = BytesMut::new();
         while let Some(answer) = conv.next_answer(wait).await {
-            match answer.map(|r| piece(r, conv)) {
+            match answer.map(|r| piece(r, conv, dir)) {
                 Ok(Piece::Body(b, last)) => {
                     out.extend_from_slice(&b);
                     if last {
-                        conv.request_body.done = true;
-                        break;
+                        return Ok((out.freeze(), true));
                     }
                 }
                 Ok(Piece::Stop(s)) => return Err(s),
-                Err(Failure::Closed) => {
-                    conv.request_body.done = true;
-                    break;
-                }
+                Err(Failure::Closed) => return Ok((out.freeze(), true)),
                 Err(f) => return Err(failure_reply(f)),
             }
         }
-        Ok(out.freeze())
+        Ok((out.freeze(), false))
     }
 }

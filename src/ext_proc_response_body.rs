@@ -108,10 +108,9 @@ fn holds_header(c: &Conversation, whole_with_header: bool) -> bool {
 pub(crate) fn framing_mode(ctx: &mut Ctx) {
     ctx.response_hold.strip_content_length = ctx.ext_proc.iter().any(|c| {
         let may_change = match c.mode.response_body {
-            BodyMode::Streamed | BodyMode::BufferedPartial => true,
+            BodyMode::Streamed | BodyMode::BufferedPartial | BodyMode::FullDuplexStreamed => true,
             BodyMode::Buffered => !c.mode.response_headers,
-            // Refused for responses (config and mode_override).
-            BodyMode::None | BodyMode::FullDuplexStreamed => false,
+            BodyMode::None => false,
         };
         // In observability mode Envoy sends the headers and returns before the removal.
         may_change && !(c.config.observability_mode && c.mode.response_headers)
@@ -282,6 +281,9 @@ impl HttpHandler {
             }
             return Ok(chunks);
         }
+        if mode == BodyMode::FullDuplexStreamed {
+            return self.full_duplex_response(conv, hold, chunks).await;
+        }
         let limit = self.buffer_limit as usize;
         if whole_with_header && conv.mode.response_headers {
             conv.response_body.done = true;
@@ -303,7 +305,6 @@ impl HttpHandler {
                 continue;
             }
             match mode {
-                // FULL_DUPLEX_STREAMED is refused for responses (config and mode_override).
                 BodyMode::None | BodyMode::FullDuplexStreamed => out.push((data, eos)),
                 BodyMode::Streamed => {
                     if !data.is_empty() || (eos && !hold.trailers) {
@@ -334,6 +335,28 @@ impl HttpHandler {
                         out.push((self.answer(conv, hold, body, eos, kind).await?, eos));
                     }
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One batch's chunks through a full-duplex processor (ext_proc_duplex.rs). The last chunk
+    /// goes with `end_of_stream` unless trailers follow; the body ends when the processor's
+    /// does.
+    async fn full_duplex_response(
+        &self,
+        conv: &mut Conversation,
+        hold: &Hold,
+        chunks: Vec<(Bytes, bool)>,
+    ) -> Result<Vec<(Bytes, bool)>, Stop> {
+        let mut out = Vec::with_capacity(chunks.len());
+        for (data, eos) in chunks {
+            let end = eos && !hold.trailers;
+            let (back, finished) = self.duplex_exchange(conv, data, end, RESPONSE).await?;
+            conv.response_body.done |= finished;
+            out.push((back, finished || eos));
+            if conv.response_body.done {
+                break;
             }
         }
         Ok(out)

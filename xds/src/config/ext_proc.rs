@@ -2,14 +2,13 @@
 //! and may change each request's and response's headers over one gRPC stream per request.
 //!
 //! Supported: header processing (SEND/SKIP, both directions), request body processing
-//! (STREAMED, BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED) and response body processing
-//! (STREAMED, BUFFERED, BUFFERED_PARTIAL) with body mutations, response trailers, header
+//! and response body processing (STREAMED, BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX_STREAMED)
+//! with body mutations, response trailers, header
 //! mutations under `mutation_rules`, immediate responses, `message_timeout`,
 //! `failure_mode_allow`, `allow_mode_override`, `observability_mode`, the per-route
 //! `ExtProcPerRoute` (disabled, or overrides of the mode, processor and `failure_mode_allow`),
 //! and `request_attributes`/`response_attributes` that name single attributes
-//! (ext_proc_attributes.rs). FULL_DUPLEX_STREAMED response bodies are refused with a NACK
-//! until they are implemented.
+//! (ext_proc_attributes.rs).
 
 use std::time::Duration;
 
@@ -88,10 +87,10 @@ impl ProcessingMode {
             BodyMode::from_proto(m.request_body_mode, &format!("{path}.request_body_mode"))?;
         let response_body =
             BodyMode::from_proto(m.response_body_mode, &format!("{path}.response_body_mode"))?;
-        if response_body == BodyMode::FullDuplexStreamed {
+        if response_body == BodyMode::FullDuplexStreamed && m.response_trailer_mode != 1 {
             return Err(ConfigError::new(
-                format!("{path}.response_body_mode"),
-                "FULL_DUPLEX_STREAMED response bodies are not supported yet",
+                format!("{path}.response_trailer_mode"),
+                "response_body_mode FULL_DUPLEX_STREAMED needs response_trailer_mode SEND",
             ));
         }
         // Envoy's own check: a full-duplex body ends with the trailers message.
@@ -363,7 +362,7 @@ mod tests {
             read(mode(4, 0, 1)).unwrap().request_body,
             BodyMode::FullDuplexStreamed
         );
-        assert!(refused(mode(0, 4, 0)).contains("response_body_mode"));
+        assert!(refused(mode(0, 4, 0)).contains("response_trailer_mode"));
         let response_trailers = pb::ProcessingMode {
             response_trailer_mode: 1,
             ..Default::default()
