@@ -11,7 +11,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use sentinel_proto::pb::google::protobuf::{value::Kind, Struct, Value};
 use sentinel_xds::config::ext_proc_attributes::{Attribute, AttributeKind};
 
-use crate::proxy::Ctx;
+use crate::ctx::Ctx;
 use crate::timefmt::{rfc3339, Fraction};
 
 /// The key Envoy's default attribute builder uses.

@@ -26,9 +26,10 @@ use sentinel_proto::pb::envoy::service::ext_proc::v3::{
 use sentinel_xds::config::cluster::UpstreamProtocol;
 use sentinel_xds::config::ext_proc::{BodyMode, ExtProc};
 
+use crate::ctx::Ctx;
 use crate::ext_proc::{immediate_reply, Conversation, Failure};
 use crate::filters::FilterReply;
-use crate::proxy::{Ctx, HttpHandler};
+use crate::proxy::HttpHandler;
 use crate::upstream::ClusterManager;
 
 /// The request body's progress through one processor.

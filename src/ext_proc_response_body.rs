@@ -28,13 +28,14 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use sentinel_xds::config::ext_proc::BodyMode;
 
+use crate::ctx::Ctx;
 use crate::ext_proc::{self, Conversation, Failure};
 use crate::ext_proc_body::{
     body_answer, body_message, failure_reply, mutated_body, mutates_headers, observe_chunk, Answer,
     Direction, Stop,
 };
 use crate::filters::FilterReply;
-use crate::proxy::{Ctx, HttpHandler};
+use crate::proxy::HttpHandler;
 
 const RESPONSE: Direction = Direction::Response;
 

@@ -19,9 +19,10 @@ use sentinel_proto::pb::envoy::service::ext_proc::v3::{
     processing_request, processing_response, HttpTrailers, ProcessingRequest,
 };
 
+use crate::ctx::Ctx;
 use crate::ext_proc::{self, Conversation, Failure};
 use crate::ext_proc_body::{failure_reply, Stop};
-use crate::proxy::{Ctx, HttpHandler};
+use crate::proxy::HttpHandler;
 
 fn trailers_message(trailers: &HeaderMap) -> ProcessingRequest {
     let pairs = trailers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));

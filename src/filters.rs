@@ -15,9 +15,10 @@ use sentinel_xds::config::local_ratelimit::{LocalRateLimit, TokenBucket, VhRateL
 use sentinel_xds::config::ratelimit::{RateLimitFilter, RateLimitPerRoute, RateLimitRule};
 use sentinel_xds::config::route::{Action, FilterOverride, PerFilter, Route, VirtualHost};
 
+use crate::ctx::Ctx;
 use crate::ext_proc::{self, Outcome};
 use crate::headers::{self, apply_add};
-use crate::proxy::{Ctx, HttpHandler};
+use crate::proxy::HttpHandler;
 use crate::ratelimit::{self, DescriptorInput, Verdict};
 
 /// A filter's own answer to the request.

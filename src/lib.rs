@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod cli;
+mod ctx;
 mod downstream;
 mod ext_proc;
 mod ext_proc_attributes;

@@ -7,8 +7,9 @@ use pingora_proxy::Session;
 use sentinel_xds::config::hcm::ServerHeader;
 use sentinel_xds::config::route::Redirect;
 
+use crate::ctx::Ctx;
 use crate::headers::{self, mutate};
-use crate::proxy::{Ctx, HttpHandler};
+use crate::proxy::HttpHandler;
 
 /// A reply decided before the failure that carries it (no healthy host, route timeout...).
 pub(crate) struct LocalReply {

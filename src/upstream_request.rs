@@ -5,10 +5,11 @@ use pingora_error::Result;
 use pingora_http::RequestHeader;
 use sentinel_xds::config::route::HostRewrite;
 
+use crate::ctx::Ctx;
 use crate::headers::{self, mutate};
 use crate::local_reply::local_error;
 use crate::mirror;
-use crate::proxy::{Ctx, HttpHandler};
+use crate::proxy::HttpHandler;
 
 impl HttpHandler {
     /// Turns the copy of the downstream request that Pingora sends upstream into what Envoy
