@@ -20,6 +20,8 @@ pub enum Reply {
     After(Duration, Response),
     /// Send nothing for this message.
     Skip,
+    /// Several answers to one message (FULL_DUPLEX_STREAMED streams the body back in pieces).
+    Many(Vec<Response>),
     /// End the stream (gRPC OK) instead of answering, as a processor that gives up.
     End,
 }
@@ -48,21 +50,24 @@ where
             let mut state = S::default();
             while let Ok(Some(msg)) = inbound.message().await {
                 let Some(request) = msg.request else { continue };
-                let response = match answer(&mut state, request) {
-                    Reply::Send(r) => r,
+                let responses = match answer(&mut state, request) {
+                    Reply::Send(r) => vec![r],
                     Reply::After(delay, r) => {
                         tokio::time::sleep(delay).await;
-                        r
+                        vec![r]
                     }
                     Reply::Skip => continue,
+                    Reply::Many(rs) => rs,
                     Reply::End => return,
                 };
-                let msg = ProcessingResponse {
-                    response: Some(response),
-                    ..Default::default()
-                };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
+                for response in responses {
+                    let msg = ProcessingResponse {
+                        response: Some(response),
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
                 }
             }
         });
