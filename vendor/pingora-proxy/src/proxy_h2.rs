@@ -1071,6 +1071,26 @@ where
             return Ok(false);
         }
 
+        // SENTINEL PATCH: request trailers end the stream after the body instead. They are
+        // read (pingora-core's patch) before the last call of `request_body_filter`, which
+        // may change them through `session.downstream_session.request_trailers_mut()`.
+        let trailers = match end_of_body {
+            true => session.downstream_session.request_trailers().cloned(),
+            false => None,
+        };
+        if let Some(trailers) = trailers {
+            if let Some(data) = data.filter(|d| !d.is_empty()) {
+                write_body(client_body, data, false, write_timeout)
+                    .await
+                    .map_err(|e| e.into_up())?;
+            }
+            client_body
+                .send_trailers(trailers)
+                .or_err(WriteError, "while writing h2 request trailers")
+                .map_err(|e| e.into_up())?;
+            return Ok(true);
+        }
+
         let (data, end) = match data {
             Some(data) => {
                 debug!("Write {} bytes body to h2 upstream", data.len());

@@ -578,6 +578,23 @@ impl Session {
         }
     }
 
+    /// SENTINEL PATCH: the request trailers, once the request body was read to its end. Only
+    /// HTTP/2 downstreams have them: the HTTP/1 codec reads and drops chunked trailers.
+    pub fn request_trailers(&self) -> Option<&HeaderMap> {
+        match self {
+            Self::H2(s) => s.request_trailers(),
+            _ => None,
+        }
+    }
+
+    /// SENTINEL PATCH: a mutable reference to the request trailers (see `request_trailers`).
+    pub fn request_trailers_mut(&mut self) -> Option<&mut HeaderMap> {
+        match self {
+            Self::H2(s) => s.request_trailers_mut(),
+            _ => None,
+        }
+    }
+
     /// Notify the client that the entire body is sent
     /// for H1 chunked encoding, this will end the last empty chunk
     /// for H1 content-length, this has no effect.

@@ -291,6 +291,8 @@ pub struct HttpSession {
     pub write_timeout: Option<Duration>,
     // How long to wait when draining (discarding) request body
     total_drain_timeout: Option<Duration>,
+    // SENTINEL PATCH: the request trailers, read when the request body ends.
+    request_trailers: Option<Box<HeaderMap>>,
 }
 
 /// The outcome of accepting the next event on an HTTP/2 downstream connection.
@@ -499,6 +501,7 @@ impl HttpSession {
             digest,
             write_timeout: None,
             total_drain_timeout: None,
+            request_trailers: None, // SENTINEL PATCH
         })))
     }
 
@@ -534,8 +537,45 @@ impl HttpSession {
                 .request_body_reader
                 .flow_control()
                 .release_capacity(data.len());
+        } else {
+            self.read_request_trailers().await?; // SENTINEL PATCH
         }
         Ok(data)
+    }
+
+    /// SENTINEL PATCH: reads the request trailers once `data()` returned `None`, which is
+    /// either the end of the stream or trailers waiting to be read (h2 keeps them queued, and
+    /// `is_end_stream()` stays false until they are read). Ready at once then: no timeout
+    /// needed. As the client's `read_trailers`, a reset or GOAWAY with NO_ERROR means no
+    /// trailers.
+    async fn read_request_trailers(&mut self) -> Result<()> {
+        if self.request_trailers.is_some() {
+            return Ok(());
+        }
+        match self.request_body_reader.trailers().await {
+            Ok(t) => self.request_trailers = t.map(Box::new),
+            Err(e)
+                if (e.is_go_away() || e.is_reset())
+                    && e.is_remote()
+                    && e.reason() == Some(h2::Reason::NO_ERROR) => {}
+            Err(e) => {
+                return Err(e).or_err(
+                    ErrorType::ReadError,
+                    "while reading downstream request trailers",
+                )
+            }
+        }
+        Ok(())
+    }
+
+    /// SENTINEL PATCH: the request trailers, once the request body was read to its end.
+    pub fn request_trailers(&self) -> Option<&HeaderMap> {
+        self.request_trailers.as_deref()
+    }
+
+    /// SENTINEL PATCH: a mutable reference to the request trailers.
+    pub fn request_trailers_mut(&mut self) -> Option<&mut HeaderMap> {
+        self.request_trailers.as_deref_mut()
     }
 
     #[doc(hidden)]
