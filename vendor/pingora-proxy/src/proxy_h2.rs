@@ -227,7 +227,9 @@ where
         let host = req.remove_header(&http::header::HOST);
 
         session.upstream_compression.request_filter(&req);
-        let body_empty = session.as_mut().is_body_empty();
+        // SENTINEL PATCH: a body that ended with trailers (a retry) is not over at the headers.
+        let body_empty = session.as_mut().is_body_empty()
+            && session.downstream_session.request_trailers().is_none();
 
         // whether we support sending END_STREAM on HEADERS if body is empty
         let send_end_stream = req.send_end_stream().expect("req must be h2");
@@ -532,10 +534,15 @@ where
         let mut downstream_state = DownstreamStateMachine::new(session.as_mut().is_body_done());
 
         // retry, send buffer if it exists
-        if let Some(buffer) = session.as_mut().get_retry_buffer() {
+        let retry_buffer = session.as_mut().get_retry_buffer();
+        // SENTINEL PATCH: a retry of a body that ended with trailers (an empty one has no
+        // buffer) ends with them too.
+        let trailers_left = downstream_state.is_done()
+            && session.downstream_session.request_trailers().is_some();
+        if retry_buffer.is_some() || trailers_left {
             self.send_body_to2(
                 session,
-                Some(buffer),
+                retry_buffer,
                 downstream_state.is_done(),
                 client_body,
                 ctx,
