@@ -10,6 +10,9 @@
 //! - BUFFERED_PARTIAL: the body up to the buffer limit in one message (the rest passes
 //!   unprocessed); the request goes upstream without `content-length`.
 //! - A request without a body sends no body message (its headers carry `end_of_stream`).
+//! - A body that trailers follow (HTTP/2) sends no message with `end_of_stream`: the trailers
+//!   message comes after the body messages, for processors with `request_trailer_mode: SEND`
+//!   (ext_proc_request_trailers.rs).
 //!
 //! One difference remains: Envoy holds the request headers while it buffers, so a body
 //! answer's header mutation still reaches the upstream. Pingora sends the request headers
@@ -53,6 +56,8 @@ pub(crate) struct Replay {
     sent: BytesMut,
     /// More was sent than is kept: no replay is possible.
     truncated: bool,
+    /// The request trailers went through the processors (they stay changed in the session).
+    trailers_done: bool,
 }
 
 const REQUEST: Direction = Direction::Request;
@@ -184,17 +189,28 @@ impl HttpHandler {
         end: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if ctx
+        // Pingora read the trailers (if any) before it calls with `end`.
+        let mut trailers = match end {
+            true => session.downstream_session.request_trailers().cloned(),
+            false => None,
+        };
+        let bodies = ctx
             .ext_proc
             .iter()
-            .all(|c| c.mode.request_body == BodyMode::None)
+            .any(|c| c.mode.request_body != BodyMode::None);
+        if ctx.ext_proc_replay.trailers_done
+            || !ctx.ext_proc.iter().any(|c| c.mode.request_trailers)
         {
+            trailers = None;
+        }
+        if !bodies && trailers.is_none() {
             return Ok(());
         }
+        // Without body processors the raw body Pingora replays is the one to send.
         let replay = &mut ctx.ext_proc_replay;
-        if replay.attempt == 0 {
+        if bodies && replay.attempt == 0 {
             replay.attempt = ctx.attempts;
-        } else if replay.attempt != ctx.attempts {
+        } else if bodies && replay.attempt != ctx.attempts {
             // A retry: Pingora replays the raw body read so far; send the processed one.
             replay.attempt = ctx.attempts;
             if replay.truncated {
@@ -215,8 +231,17 @@ impl HttpHandler {
             conv.request_attributes = self.attributes(attributes, session.req_header(), None, ctx);
         }
         let mut stop = None;
+        // The body ends with its last message's `end_of_stream` only without trailers.
+        let eos = end && session.downstream_session.request_trailers().is_none();
         for conv in convs.iter_mut() {
-            match self.feed(conv, data, end).await {
+            let fed = match self.feed(conv, data, end, eos).await {
+                Ok(out) => {
+                    self.request_trailers_after(conv, out, trailers.as_mut())
+                        .await
+                }
+                Err(s) => Err(s),
+            };
+            match fed {
                 Ok(out) => data = out,
                 Err(s) => {
                     stop = Some(s);
@@ -226,6 +251,11 @@ impl HttpHandler {
             }
         }
         ctx.ext_proc = convs;
+        if let (Some(t), Some(mine)) = (session.downstream_session.request_trailers_mut(), trailers)
+        {
+            *t = mine;
+            ctx.ext_proc_replay.trailers_done = true;
+        }
         let replay = &mut ctx.ext_proc_replay;
         if replay.sent.len() + data.len() <= self.buffer_limit as usize {
             replay.sent.extend_from_slice(&data);
@@ -257,27 +287,35 @@ impl HttpHandler {
         ))
     }
 
-    /// One chunk through one processor: what goes on (possibly nothing yet), or a stop.
-    async fn feed(&self, conv: &mut Conversation, data: Bytes, end: bool) -> Result<Bytes, Stop> {
+    /// One chunk through one processor: what goes on (possibly nothing yet), or a stop. `end`
+    /// is the end of the body, `eos` the `end_of_stream` its last message carries (false when
+    /// trailers follow).
+    async fn feed(
+        &self,
+        conv: &mut Conversation,
+        data: Bytes,
+        end: bool,
+        eos: bool,
+    ) -> Result<Bytes, Stop> {
         let mode = conv.mode.request_body;
         if mode == BodyMode::None || conv.request_body.done {
             return Ok(data);
         }
         if conv.config.observability_mode {
-            observe_chunk(conv, &self.clusters, &data, end, REQUEST).await?;
+            observe_chunk(conv, &self.clusters, &data, eos, REQUEST).await?;
             return Ok(data);
         }
         if mode == BodyMode::FullDuplexStreamed {
-            return self.full_duplex(conv, data, end).await;
+            return self.full_duplex(conv, data, eos).await;
         }
         let limit = self.buffer_limit as usize;
         let (message, eos) = match mode {
             BodyMode::None | BodyMode::FullDuplexStreamed => unreachable!("handled above"),
             BodyMode::Streamed => {
-                if data.is_empty() && !end {
+                if data.is_empty() && !eos {
                     return Ok(data);
                 }
-                (data, end)
+                (data, eos)
             }
             BodyMode::Buffered => {
                 conv.request_body.buffered.extend_from_slice(&data);
@@ -288,7 +326,7 @@ impl HttpHandler {
                 if !end {
                     return Ok(Bytes::new());
                 }
-                (conv.request_body.take(), true)
+                (conv.request_body.take(), eos)
             }
             BodyMode::BufferedPartial => {
                 conv.request_body.buffered.extend_from_slice(&data);
@@ -296,7 +334,7 @@ impl HttpHandler {
                     return Ok(Bytes::new());
                 }
                 conv.request_body.done = true;
-                (conv.request_body.take(), end)
+                (conv.request_body.take(), eos)
             }
         };
         let config = conv.config.clone();

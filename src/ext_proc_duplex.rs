@@ -9,7 +9,10 @@
 //! - a body answer that is not a `streamed_response` is a failure (500);
 //! - an immediate response stops the request;
 //! - a processor that ends its stream (gRPC OK) keeps the chunks it was sent: they are lost,
-//!   and the rest goes on.
+//!   and the rest goes on;
+//! - a request body that trailers follow ends with a message without `end_of_stream`, then
+//!   the trailers message; the processor streams the rest of the body back, then answers the
+//!   trailers (case `ext_proc/request_trailers_full_duplex`).
 //!
 //! Sentinel forwards what the processor sent back whenever the next downstream chunk comes,
 //! and waits for the rest at the end of the body, at most the connection manager's
@@ -18,12 +21,14 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use sentinel_proto::pb::envoy::service::ext_proc::v3::{
-    body_mutation, processing_response, ProcessingResponse,
+    body_mutation, processing_response, HeaderMutation, ProcessingResponse,
 };
 
-use crate::ext_proc::{immediate_reply, Conversation, Failure};
+use crate::ext_proc::{self, immediate_reply, Conversation, Failure};
 use crate::ext_proc_body::{body_message, failure_reply, Direction, Stop};
+use crate::ext_proc_trailers::trailers_message;
 use crate::proxy::HttpHandler;
 
 /// Envoy's default `stream_idle_timeout`.
@@ -32,12 +37,17 @@ const DEFAULT_IDLE: Duration = Duration::from_secs(300);
 /// What one answer adds to the body.
 enum Piece {
     Body(Bytes, bool),
+    /// The answer to the request trailers: its mutation, if any.
+    Trailers(Option<HeaderMutation>),
     Stop(Stop),
 }
 
 fn piece(resp: ProcessingResponse, conv: &Conversation, dir: Direction) -> Piece {
     use processing_response::Response as R;
     let body = match (resp.response, dir) {
+        (Some(R::RequestTrailers(t)), Direction::Request) => {
+            return Piece::Trailers(t.header_mutation)
+        }
         (Some(R::ImmediateResponse(i)), _) if !conv.config.disable_immediate_response => {
             conv.stats.immediate_responses_sent.inc();
             return Piece::Stop(Stop::Reply(immediate_reply(i)));
@@ -110,10 +120,48 @@ impl HttpHandler {
                     }
                 }
                 Ok(Piece::Stop(s)) => return Err(s),
+                // A trailers answer before the body ended is an answer of the wrong kind.
+                Ok(Piece::Trailers(_)) => return Err(Stop::Status(500)),
                 Err(Failure::Closed) => return Ok((out.freeze(), true)),
                 Err(f) => return Err(failure_reply(f)),
             }
         }
         Ok((out.freeze(), false))
+    }
+
+    /// The end of a request body that trailers follow: the trailers message goes after the
+    /// body messages, and the processor streams back the rest of the body, then answers the
+    /// trailers (its mutation changes them). Returns that rest of the body.
+    pub(crate) async fn full_duplex_trailers(
+        &self,
+        conv: &mut Conversation,
+        trailers: &mut HeaderMap,
+    ) -> Result<Bytes, Stop> {
+        let msg = trailers_message(trailers, Direction::Request);
+        match conv.send_only(&self.clusters, msg).await {
+            Ok(()) => {}
+            Err(Failure::Closed) => return Ok(Bytes::new()),
+            Err(f) => return Err(failure_reply(f)),
+        }
+        let wait = self.hcm.stream_idle_timeout.unwrap_or(DEFAULT_IDLE);
+        let mut out = BytesMut::new();
+        while let Some(answer) = conv.next_answer(wait).await {
+            match answer.map(|r| piece(r, conv, Direction::Request)) {
+                Ok(Piece::Body(b, _)) => out.extend_from_slice(&b),
+                Ok(Piece::Trailers(m)) => {
+                    conv.request_body.done = true;
+                    if let Some(m) = m {
+                        let rules = &conv.config.mutation_rules;
+                        ext_proc::apply(&m, rules, trailers, &conv.stats).map_err(failure_reply)?;
+                    }
+                    return Ok(out.freeze());
+                }
+                Ok(Piece::Stop(s)) => return Err(s),
+                Err(Failure::Closed) => break,
+                Err(f) => return Err(failure_reply(f)),
+            }
+        }
+        conv.request_body.done = true;
+        Ok(out.freeze())
     }
 }

@@ -1,8 +1,10 @@
-//! ext_proc response trailers (`response_trailer_mode: SEND`): the trailers of a response
-//! that has them (an HTTP/2 upstream's; Pingora reads none from HTTP/1 upstreams, and Envoy's
+//! ext_proc trailers (`response_trailer_mode: SEND`, `request_trailer_mode: SEND`). Response
+//! trailers (an HTTP/2 upstream's; Pingora reads none from HTTP/1 upstreams, and Envoy's
 //! HTTP/1 codec drops them by default) go to each processor that asked, in reverse filter
 //! order, and its `header_mutation` changes them. A response without trailers sends no
 //! trailers message. Cases `ext_proc/response_trailers*` pass on Envoy 1.40 and Sentinel.
+//! Request trailers go through the same exchange (`trailers_through`) at the end of the
+//! request body (ext_proc_request_trailers.rs).
 //!
 //! The trailers go after the body messages of the same batch (ext_proc_response_body.rs). A
 //! processor that fails or answers with an immediate response stops the response: the client
@@ -21,17 +23,19 @@ use sentinel_proto::pb::envoy::service::ext_proc::v3::{
 
 use crate::ctx::Ctx;
 use crate::ext_proc::{self, Conversation, Failure};
-use crate::ext_proc_body::{failure_reply, Stop};
+use crate::ext_proc_body::{failure_reply, Direction, Stop};
 use crate::proxy::HttpHandler;
 
-fn trailers_message(trailers: &HeaderMap) -> ProcessingRequest {
+pub(crate) fn trailers_message(trailers: &HeaderMap, dir: Direction) -> ProcessingRequest {
     let pairs = trailers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
+    let trailers = HttpTrailers {
+        trailers: Some(ext_proc::header_map(pairs)),
+    };
     ProcessingRequest {
-        request: Some(processing_request::Request::ResponseTrailers(
-            HttpTrailers {
-                trailers: Some(ext_proc::header_map(pairs)),
-            },
-        )),
+        request: Some(match dir {
+            Direction::Request => processing_request::Request::RequestTrailers(trailers),
+            Direction::Response => processing_request::Request::ResponseTrailers(trailers),
+        }),
         ..Default::default()
     }
 }
@@ -61,7 +65,8 @@ impl HttpHandler {
         if let HttpTask::Trailer(Some(trailers)) = &mut tasks[at] {
             for conv in convs.iter_mut().rev() {
                 if conv.mode.response_trailers {
-                    if let Err(s) = self.trailers_through(conv, trailers).await {
+                    let through = self.trailers_through(conv, trailers, Direction::Response);
+                    if let Err(s) = through.await {
                         stop = Some(s);
                         break;
                     }
@@ -85,16 +90,19 @@ impl HttpHandler {
         self.stop_response(session, stop, tasks, ctx)
     }
 
-    /// One processor: Err when the response must stop.
-    async fn trailers_through(
+    /// One processor, either way: Err when the request or response must stop. A failure
+    /// under `failure_mode_allow`, or a processor that ended its stream, leaves them as they
+    /// are.
+    pub(crate) async fn trailers_through(
         &self,
         conv: &mut Conversation,
         trailers: &mut HeaderMap,
+        dir: Direction,
     ) -> std::result::Result<(), Stop> {
-        let msg = trailers_message(trailers);
+        let msg = trailers_message(trailers, dir);
         let config = conv.config.clone();
         let failed = |conv: &Conversation, f: Failure| {
-            tracing::debug!("ext_proc failed on the response trailers: {f:?}");
+            tracing::debug!("ext_proc failed on the trailers: {f:?}");
             if f == Failure::Closed {
                 return Ok(());
             }
@@ -112,8 +120,9 @@ impl HttpHandler {
         }
         use processing_response::Response as R;
         let answer = conv.exchange(&self.clusters, msg).await;
-        match answer.map(|a| a.response) {
-            Ok(Some(R::ResponseTrailers(t))) => match t.header_mutation {
+        match answer.map(|a| (a.response, dir)) {
+            Ok((Some(R::ResponseTrailers(t)), Direction::Response))
+            | Ok((Some(R::RequestTrailers(t)), Direction::Request)) => match t.header_mutation {
                 Some(m) => match ext_proc::apply(&m, &config.mutation_rules, trailers, &conv.stats)
                 {
                     Ok(_) => Ok(()),
@@ -121,7 +130,7 @@ impl HttpHandler {
                 },
                 None => Ok(()),
             },
-            Ok(Some(R::ImmediateResponse(i))) if !config.disable_immediate_response => {
+            Ok((Some(R::ImmediateResponse(i)), _)) if !config.disable_immediate_response => {
                 conv.stats.immediate_responses_sent.inc();
                 Err(Stop::Reply(ext_proc::immediate_reply(i)))
             }

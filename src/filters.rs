@@ -220,8 +220,10 @@ impl HttpHandler {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
         }
+        // Trailers can only follow a body that has not ended with the headers.
         if mode.response_headers
             || body
+            || (mode.request_trailers && !end)
             || mode.response_body != BodyMode::None
             || mode.response_trailers
         {

@@ -14,6 +14,7 @@ mod ext_proc_attributes;
 mod ext_proc_body;
 mod ext_proc_duplex;
 mod ext_proc_observe;
+mod ext_proc_request_trailers;
 mod ext_proc_response_body;
 mod ext_proc_trailers;
 mod filters;

@@ -141,6 +141,9 @@ pub struct ExtProcScript {
     /// `close` and `report` apply); `report` sets `x-proc-trailers` to the names it got.
     #[serde(default)]
     pub response_trailers: ExtProcAnswer,
+    /// The answer to request trailers (the same fields apply as for `response_trailers`).
+    #[serde(default)]
+    pub request_trailers: ExtProcAnswer,
     /// The answer to each response body message.
     #[serde(default)]
     pub response_body: ExtProcAnswer,
@@ -185,7 +188,9 @@ pub struct ExtProcAnswer {
     /// body messages joined), `x-proc-body-eos` (the last one's end_of_stream) and
     /// `x-proc-body-msgs` (how many) and `x-proc-body-len` (their total length), and
     /// `x-proc-attributes` (each message's `attributes`, as `kind{key=value;...}`);
-    /// `x-proc-body` is left out past 1 KiB.
+    /// `x-proc-body` is left out past 1 KiB. After a request trailers message, also
+    /// `x-proc-request-trailers` (the names it held) and `x-proc-messages` (the kinds of the
+    /// messages so far, in order).
     #[serde(default)]
     pub report: bool,
     /// Headers answers: a `mode_override`, by ProcessingMode field name and enum value name
@@ -320,6 +325,10 @@ pub struct Request {
     pub headers: BTreeMap<String, OneOrMany<String>>,
     #[serde(default)]
     pub body: Option<String>,
+    /// Trailers sent after the body: on h2c a HEADERS frame that ends the stream; on HTTP/1
+    /// a chunked body's trailer section (hyper sends only the fields a `trailer` header names).
+    #[serde(default)]
+    pub trailers: BTreeMap<String, String>,
     /// Bytes to send as they are (HTTP/1), instead of a request built from the fields above;
     /// `<<a*70000>>` stands for 70,000 `a`s. The first response is read back.
     #[serde(default)]
@@ -397,6 +406,9 @@ pub struct Seen {
     #[serde(default)]
     pub headers: BTreeMap<String, HeaderExpect>,
     pub body: Option<String>,
+    /// The request trailers the upstream got (none on HTTP/1: hyper's server reads none).
+    #[serde(default)]
+    pub trailers: BTreeMap<String, HeaderExpect>,
 }
 
 /// A header expectation: a plain string means `equals`. A header is compared as one value:

@@ -232,17 +232,22 @@ fn check_seen(seen: &Seen, resp: &Response) -> Result<(), String> {
     compare("path", &seen.path);
     compare("host", &seen.host);
     compare("body", &seen.body);
-    let headers: BTreeMap<String, Vec<String>> = echo
-        .get("headers")
-        .and_then(|h| serde_json::from_value(h.clone()).ok())
-        .unwrap_or_default();
-    for (name, want) in &seen.headers {
-        let got = headers
-            .get(&name.to_ascii_lowercase())
-            .map(Vec::as_slice)
+    for (what, key, wants) in [
+        ("header", "headers", &seen.headers),
+        ("trailer", "trailers", &seen.trailers),
+    ] {
+        let got: BTreeMap<String, Vec<String>> = echo
+            .get(key)
+            .and_then(|h| serde_json::from_value(h.clone()).ok())
             .unwrap_or_default();
-        if let Err(e) = header(want, got) {
-            errors.push(format!("upstream saw header {name}: {e}"));
+        for (name, want) in wants {
+            let got = got
+                .get(&name.to_ascii_lowercase())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if let Err(e) = header(want, got) {
+                errors.push(format!("upstream saw {what} {name}: {e}"));
+            }
         }
     }
     if errors.is_empty() {

@@ -1,11 +1,14 @@
 //! A minimal HTTP client: one fresh connection per request, HTTP/1.1 or h2c (prior
 //! knowledge), with the Host/`:authority` set exactly as the case says.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
@@ -20,6 +23,8 @@ pub struct Outgoing<'a> {
     pub path: &'a str,
     pub headers: Vec<(String, String)>,
     pub body: Option<&'a str>,
+    /// Trailers after the body (h2c).
+    pub trailers: Vec<(String, String)>,
     /// Send these bytes instead (HTTP/1).
     pub raw: Option<Vec<u8>>,
     /// After a 101 to a raw request, send these through the tunnel and read them back.
@@ -101,7 +106,7 @@ async fn exchange(stream: TcpStream, out: &Outgoing<'_>) -> Result<Response> {
         return raw_exchange(stream, raw, out.tunnel, out.await_close).await;
     }
     let io = TokioIo::new(stream);
-    let body = Full::new(Bytes::from(out.body.unwrap_or_default().to_string()));
+    let body = request_body(out)?;
     let mut builder = hyper::Request::builder().method(out.method);
     let response = match out.protocol {
         Protocol::Http1 => {
@@ -133,6 +138,25 @@ async fn exchange(stream: TcpStream, out: &Outgoing<'_>) -> Result<Response> {
         }
     };
     Ok(response)
+}
+
+/// The request body: the whole body, or the body and then a trailers frame.
+fn request_body(out: &Outgoing<'_>) -> Result<BoxBody<Bytes, Infallible>> {
+    let data = Bytes::from(out.body.unwrap_or_default().to_string());
+    if out.trailers.is_empty() {
+        return Ok(Full::new(data).boxed());
+    }
+    let mut trailers = http::HeaderMap::new();
+    for (k, v) in &out.trailers {
+        let name: http::HeaderName = k.parse().context("a trailer name")?;
+        trailers.append(name, v.parse().context("a trailer value")?);
+    }
+    let mut frames = Vec::new();
+    if !data.is_empty() {
+        frames.push(Ok(Frame::data(data)));
+    }
+    frames.push(Ok(Frame::trailers(trailers)));
+    Ok(StreamBody::new(futures::stream::iter(frames)).boxed())
 }
 
 async fn finish(resp: hyper::Result<hyper::Response<hyper::body::Incoming>>) -> Result<Response> {
@@ -311,6 +335,7 @@ pub async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
         path,
         headers: Vec::new(),
         body: None,
+        trailers: Vec::new(),
         raw: None,
         tunnel: None,
         await_close: false,

@@ -13,7 +13,7 @@ use sentinel_proto::pb::envoy::service::ext_proc::v3::{
     processing_request::Request,
     processing_response::Response,
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
-    ImmediateResponse, ProcessingRequest, ProcessingResponse, StreamedBodyResponse,
+    HttpTrailers, ImmediateResponse, ProcessingRequest, ProcessingResponse, StreamedBodyResponse,
     TrailersResponse,
 };
 use tokio::net::TcpListener;
@@ -56,6 +56,10 @@ struct Seen {
     attributes: Vec<String>,
     /// The names in the response trailers message.
     trailers: Vec<String>,
+    /// The names in the request trailers message.
+    request_trailers: Vec<String>,
+    /// The kinds of the messages so far, in order.
+    kinds: Vec<&'static str>,
     response_body_msgs: usize,
 }
 
@@ -86,12 +90,20 @@ impl Seen {
             return vec![option("x-proc-trailers", &self.trailers.join(","))];
         }
         let flag = |b: Option<bool>| b.map_or("none".to_string(), |b| b.to_string());
-        let mut out = vec![
+        let mut out = Vec::new();
+        if !self.request_trailers.is_empty() {
+            out.push(option(
+                "x-proc-request-trailers",
+                &self.request_trailers.join(","),
+            ));
+            out.push(option("x-proc-messages", &self.kinds.join(",")));
+        }
+        out.extend([
             option("x-proc-request-eos", &flag(self.request_eos)),
             option("x-proc-body-eos", &flag(self.body_eos)),
             option("x-proc-body-msgs", &self.body_msgs.to_string()),
             option("x-proc-body-len", &self.body.len().to_string()),
-        ];
+        ]);
         if self.body.len() <= 1024 {
             out.push(option("x-proc-body", &String::from_utf8_lossy(&self.body)));
         }
@@ -100,6 +112,16 @@ impl Seen {
         }
         out
     }
+}
+
+/// The names in a trailers message (`none` for an empty one).
+fn trailer_names(t: &HttpTrailers) -> Vec<String> {
+    let names = t.trailers.iter().flat_map(|m| &m.headers);
+    let mut names: Vec<String> = names.map(|h| h.key.clone()).collect();
+    if names.is_empty() {
+        names.push("none".into());
+    }
+    names
 }
 
 /// A `mode_override` from field and value names; unknown names are left at their default.
@@ -142,6 +164,7 @@ enum Phase {
     ResponseHeaders,
     ResponseBody,
     ResponseTrailers,
+    RequestTrailers,
 }
 
 /// The message for an answer, as a reply of the message's kind; `body` is the body message's
@@ -200,7 +223,9 @@ async fn reply(
     };
     let phase = match (answer.wrong_kind, phase) {
         (false, p) => p,
-        (true, Phase::ResponseHeaders | Phase::ResponseTrailers) => Phase::RequestHeaders,
+        (true, Phase::ResponseHeaders | Phase::ResponseTrailers | Phase::RequestTrailers) => {
+            Phase::RequestHeaders
+        }
         (true, _) => Phase::ResponseHeaders,
     };
     match phase {
@@ -217,6 +242,9 @@ async fn reply(
             response: Some(common),
         }),
         Phase::ResponseTrailers => Response::ResponseTrailers(TrailersResponse {
+            header_mutation: common.header_mutation,
+        }),
+        Phase::RequestTrailers => Response::RequestTrailers(TrailersResponse {
             header_mutation: common.header_mutation,
         }),
     }
@@ -237,16 +265,17 @@ impl ExternalProcessor for Scripted {
         tokio::spawn(async move {
             let mut seen = Seen::default();
             while let Ok(Some(msg)) = inbound.message().await {
+                let kind = match &msg.request {
+                    Some(Request::RequestHeaders(_)) => "request_headers",
+                    Some(Request::RequestBody(_)) => "request_body",
+                    Some(Request::RequestTrailers(_)) => "request_trailers",
+                    Some(Request::ResponseHeaders(_)) => "response_headers",
+                    Some(Request::ResponseBody(_)) => "response_body",
+                    Some(Request::ResponseTrailers(_)) => "response_trailers",
+                    None => "none",
+                };
+                seen.kinds.push(kind);
                 if let Some(attrs) = attributes(&msg) {
-                    let kind = match &msg.request {
-                        Some(Request::RequestHeaders(_)) => "request_headers",
-                        Some(Request::RequestBody(_)) => "request_body",
-                        Some(Request::RequestTrailers(_)) => "request_trailers",
-                        Some(Request::ResponseHeaders(_)) => "response_headers",
-                        Some(Request::ResponseBody(_)) => "response_body",
-                        Some(Request::ResponseTrailers(_)) => "response_trailers",
-                        None => "none",
-                    };
                     seen.attributes.push(format!("{kind}{{{attrs}}}"));
                 }
                 let (response, answer) = match &msg.request {
@@ -287,13 +316,15 @@ impl ExternalProcessor for Scripted {
                         )
                     }
                     Some(Request::ResponseTrailers(t)) => {
-                        let names = t.trailers.iter().flat_map(|m| &m.headers);
-                        seen.trailers = names.map(|h| h.key.clone()).collect();
-                        if seen.trailers.is_empty() {
-                            seen.trailers.push("none".into());
-                        }
+                        seen.trailers = trailer_names(t);
                         let answer = &script.response_trailers;
                         let response = reply(answer, Phase::ResponseTrailers, &seen, None).await;
+                        (response, answer)
+                    }
+                    Some(Request::RequestTrailers(t)) => {
+                        seen.request_trailers = trailer_names(t);
+                        let answer = &script.request_trailers;
+                        let response = reply(answer, Phase::RequestTrailers, &seen, None).await;
                         (response, answer)
                     }
                     _ => continue,

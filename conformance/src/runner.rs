@@ -435,6 +435,7 @@ impl Run {
             path: &req.path,
             headers,
             body: generated.as_deref().or(req.body.as_deref()),
+            trailers: req.trailers.clone().into_iter().collect(),
             raw: req.raw.as_deref().map(client::expand_raw),
             tunnel: req.tunnel.as_deref(),
             await_close: req.expect.closed.is_some(),

@@ -161,11 +161,13 @@ async fn answer(
     spec: &UpstreamSpec,
 ) -> hyper::Response<BoxBody<Bytes, Infallible>> {
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let (body, trailers) = match body.collect().await {
+        Ok(b) => {
+            let trailers = b.trailers().cloned().unwrap_or_default();
+            (b.to_bytes(), trailers)
+        }
+        Err(_) => Default::default(),
+    };
     if let Some(ms) = spec.delay_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -174,6 +176,14 @@ async fn answer(
     for (k, v) in &parts.headers {
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
         headers.entry(k.as_str().to_string()).or_default().push(v);
+    }
+    let mut seen_trailers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in &trailers {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        seen_trailers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(v);
     }
     let host = headers
         .get("host")
@@ -193,6 +203,7 @@ async fn answer(
         "version": format!("{:?}", parts.version),
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
+        "trailers": seen_trailers,
     });
     let out_body = match (&spec.body, spec.body_bytes) {
         (Some(b), _) => b.clone(),

@@ -227,7 +227,9 @@ where
         let host = req.remove_header(&http::header::HOST);
 
         session.upstream_compression.request_filter(&req);
-        let body_empty = session.as_mut().is_body_empty();
+        // SENTINEL PATCH: a body that ended with trailers (a retry) is not over at the headers.
+        let body_empty = session.as_mut().is_body_empty()
+            && session.downstream_session.request_trailers().is_none();
 
         // whether we support sending END_STREAM on HEADERS if body is empty
         let send_end_stream = req.send_end_stream().expect("req must be h2");
@@ -532,10 +534,15 @@ where
         let mut downstream_state = DownstreamStateMachine::new(session.as_mut().is_body_done());
 
         // retry, send buffer if it exists
-        if let Some(buffer) = session.as_mut().get_retry_buffer() {
+        let retry_buffer = session.as_mut().get_retry_buffer();
+        // SENTINEL PATCH: a retry of a body that ended with trailers (an empty one has no
+        // buffer) ends with them too.
+        let trailers_left = downstream_state.is_done()
+            && session.downstream_session.request_trailers().is_some();
+        if retry_buffer.is_some() || trailers_left {
             self.send_body_to2(
                 session,
-                Some(buffer),
+                retry_buffer,
                 downstream_state.is_done(),
                 client_body,
                 ctx,
@@ -1069,6 +1076,26 @@ where
          * for consistency */
         if !end_of_body && data.as_ref().is_some_and(|d| d.is_empty()) {
             return Ok(false);
+        }
+
+        // SENTINEL PATCH: request trailers end the stream after the body instead. They are
+        // read (pingora-core's patch) before the last call of `request_body_filter`, which
+        // may change them through `session.downstream_session.request_trailers_mut()`.
+        let trailers = match end_of_body {
+            true => session.downstream_session.request_trailers().cloned(),
+            false => None,
+        };
+        if let Some(trailers) = trailers {
+            if let Some(data) = data.filter(|d| !d.is_empty()) {
+                write_body(client_body, data, false, write_timeout)
+                    .await
+                    .map_err(|e| e.into_up())?;
+            }
+            client_body
+                .send_trailers(trailers)
+                .or_err(WriteError, "while writing h2 request trailers")
+                .map_err(|e| e.into_up())?;
+            return Ok(true);
         }
 
         let (data, end) = match data {

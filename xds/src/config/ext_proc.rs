@@ -61,6 +61,8 @@ pub struct ProcessingMode {
     pub response_headers: bool,
     pub request_body: BodyMode,
     pub response_body: BodyMode,
+    /// Request trailers go to the processor (`request_trailer_mode: SEND`).
+    pub request_trailers: bool,
     /// Response trailers go to the processor (`response_trailer_mode: SEND`).
     pub response_trailers: bool,
 }
@@ -78,6 +80,7 @@ impl ProcessingMode {
                 response_headers: true,
                 request_body: BodyMode::None,
                 response_body: BodyMode::None,
+                request_trailers: false,
                 response_trailers: false,
             });
         };
@@ -100,14 +103,13 @@ impl ProcessingMode {
                 "request_body_mode FULL_DUPLEX_STREAMED needs request_trailer_mode SEND",
             ));
         }
-        // Request trailers never reach the filters (Pingora does not read them), so SEND has
-        // nothing to send: accepted, as it changes nothing a client or upstream sees.
         Ok(Self {
             request_headers: send(m.request_header_mode),
             response_headers: send(m.response_header_mode),
             request_body,
             response_body,
             // TrailerSendMode is a HeaderSendMode whose DEFAULT skips.
+            request_trailers: m.request_trailer_mode == 1,
             response_trailers: m.response_trailer_mode == 1,
         })
     }
@@ -368,5 +370,10 @@ mod tests {
             ..Default::default()
         };
         assert!(read(response_trailers).unwrap().response_trailers);
+        let request_trailers = pb::ProcessingMode {
+            request_trailer_mode: 1,
+            ..Default::default()
+        };
+        assert!(read(request_trailers).unwrap().request_trailers);
     }
 }
