@@ -225,8 +225,10 @@ impl HttpHandler {
         let mut data = body.take().unwrap_or_default();
         let mut convs = std::mem::take(&mut ctx.ext_proc);
         // Attributes not sent yet go with a body message: Envoy evaluates them when it sends,
-        // so by now the upstream is known.
-        for conv in convs.iter_mut().filter(|c| c.request_attributes.is_some()) {
+        // so by now the upstream is known. A BUFFERED body sends only at its end.
+        let may_send = |c: &Conversation| end || c.mode.request_body != BodyMode::Buffered;
+        let pending = |c: &&mut Conversation| c.request_attributes.is_some() && may_send(c);
+        for conv in convs.iter_mut().filter(pending) {
             let attributes = &conv.config.request_attributes;
             conv.request_attributes = self.attributes(attributes, session.req_header(), None, ctx);
         }
