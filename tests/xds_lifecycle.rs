@@ -17,6 +17,15 @@ async fn serves(addr: std::net::SocketAddr, want: &str) {
     .await
 }
 
+/// The error detail of the first NACK of this resource type.
+async fn nack_detail(cp: &control_plane_mock::MockHandle, type_url: &str) -> String {
+    let nack = cp
+        .wait_for_event(|e| e.is(EventKind::Nack, type_url), T)
+        .await
+        .unwrap_or_else(|| panic!("a NACK of {type_url}"));
+    nack.error_detail.expect("a NACK says why")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sotw_initial_fetch_ack_and_traffic() {
     let up = upstream("one").await;
@@ -134,11 +143,7 @@ async fn unsupported_field_is_nacked() {
     snap.insert("cluster_a", sentinel_proto::to_any(&cluster));
     cp.set_snapshot("n4", snap);
     let _p = proxy(cp.xds_addr(), "n4", false).await;
-    let nack = cp
-        .wait_for_event(|e| e.is(EventKind::Nack, resource::CLUSTER), T)
-        .await
-        .expect("NACK");
-    let detail = nack.error_detail.unwrap();
+    let detail = nack_detail(&cp, resource::CLUSTER).await;
     assert!(detail.contains("cluster_a: outlier_detection"), "{detail}");
 }
 
@@ -154,11 +159,7 @@ async fn a_listener_that_must_not_bind_is_nacked() {
     snap.insert(&name, sentinel_proto::any_from_json(&json).unwrap());
     cp.set_snapshot("n4b", snap);
     let _p = proxy(cp.xds_addr(), "n4b", false).await;
-    let nack = cp
-        .wait_for_event(|e| e.is(EventKind::Nack, resource::LISTENER), T)
-        .await
-        .expect("NACK");
-    let detail = nack.error_detail.unwrap();
+    let detail = nack_detail(&cp, resource::LISTENER).await;
     assert!(
         detail.contains(&format!("{name}: bind_to_port")),
         "{detail}"
@@ -346,11 +347,7 @@ async fn a_port_that_cannot_be_bound_is_nacked() {
     snap.insert("listener_0", sentinel_proto::any_from_json(&json).unwrap());
     cp.set_snapshot("n9", snap);
     let _p = proxy(cp.xds_addr(), "n9", false).await;
-    let nack = cp
-        .wait_for_event(|e| e.is(EventKind::Nack, resource::LISTENER), T)
-        .await
-        .expect("NACK");
-    let detail = nack.error_detail.unwrap();
+    let detail = nack_detail(&cp, resource::LISTENER).await;
     assert!(
         detail.contains(&format!(
             "listener_0: address: cannot bind '127.0.0.1:{port}'"
