@@ -88,7 +88,7 @@ impl HttpHandler {
         let mut resp;
         if grpc && status != 200 {
             // gRPC clients read errors from grpc-status: a trailers-only answer, as in Envoy.
-            resp = ResponseHeader::build(200, Some(4))?;
+            resp = ResponseHeader::build_no_case(200, Some(4))?;
             resp.insert_header("content-type", "application/grpc")?;
             let code = ctx.grpc_status.unwrap_or_else(|| grpc_status(status));
             resp.insert_header("grpc-status", code.to_string())?;
@@ -97,7 +97,7 @@ impl HttpHandler {
             }
         } else {
             // Envoy's order: content-length, content-type, date, server.
-            resp = ResponseHeader::build(status, Some(4))?;
+            resp = ResponseHeader::build_no_case(status, Some(4))?;
             resp.insert_header("content-length", body.len().to_string())?;
             if !body.is_empty() {
                 resp.insert_header("content-type", "text/plain")?;

@@ -163,6 +163,10 @@ impl ProxyHttp for HttpHandler {
         Ctx::default()
     }
 
+    /// No modules: Pingora's default adds its (disabled) response compression module, which
+    /// would still be built and called for every request.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.snapshots.load();
         self.stats.downstream_rq_total.inc();
@@ -233,9 +237,11 @@ impl ProxyHttp for HttpHandler {
             }
         }
         // Downstream timeouts: idle keep-alive and stream idle (reads of the request body).
-        // What follows a CONNECT's head is not HTTP: Envoy closes after answering it.
+        // What follows a CONNECT's head is not HTTP: Envoy closes after answering it; an
+        // HTTP/1.0 connection closes unless the client asked to keep it.
         if !self.drain.draining.load(Ordering::Relaxed)
             && session.req_header().method != http::Method::CONNECT
+            && !crate::request::http10_closes(session.req_header())
         {
             session.set_keepalive(self.hcm.idle_timeout.map(|d| d.as_secs().max(1)));
         } else {
@@ -586,10 +592,8 @@ impl ProxyHttp for HttpHandler {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let (Some(start), false) = (ctx.upstream_start, self.hcm.suppress_envoy_headers) {
-            let _ = resp.insert_header(
-                "x-envoy-upstream-service-time",
-                start.elapsed().as_millis().to_string(),
-            );
+            let ms = start.elapsed().as_millis() as u64;
+            let _ = resp.insert_header("x-envoy-upstream-service-time", ms);
         }
         if ctx.vhost().is_some_and(|v| v.attempt_count_in_response) && ctx.attempts > 0 {
             let _ = resp.insert_header("x-envoy-attempt-count", ctx.attempts.to_string());

@@ -154,6 +154,18 @@ pub(crate) fn forwarding_headers(
     }
 }
 
+/// An HTTP/1.0 request without `Connection: keep-alive`: its connection ends with the response.
+pub(crate) fn http10_closes(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_10
+        && !req
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("keep-alive"))
+}
+
 /// A gRPC request: `content-type: application/grpc` (or `+proto`, `+json`...).
 pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers

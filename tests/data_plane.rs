@@ -410,3 +410,62 @@ async fn pipelined_and_keep_alive_requests_are_each_answered() {
         "{rest}"
     );
 }
+
+/// Envoy's HTTP/1 codec writes every header name lowercase, whatever case the client or the
+/// upstream used, and the standard reason phrase; so does Sentinel (its Pingora keeps neither:
+/// vendor/pingora-core/SENTINEL-PATCH.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_are_written_lowercase() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the proxy closed before a whole head");
+            head.extend_from_slice(&chunk[..n]);
+        }
+        let _ = seen_tx.send(String::from_utf8_lossy(&head).into_owned());
+        let answer = b"HTTP/1.1 200 Fine\r\nX-Upstream-Header: a\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+        s.write_all(answer).await.unwrap();
+        let _ = s.read(&mut chunk).await;
+    });
+    let routes = "[ { match: { prefix: / }, route: { cluster: c } } ]";
+    let (_p, addr) = static_proxy(routes, &format!("[ {} ]", static_cluster("c", &[up]))).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: h.example\r\nX-Client-Header: b\r\nUser-Agent: t\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let resp = read_responses(&mut s, 1).await;
+    let seen = tokio::time::timeout(Duration::from_secs(5), seen_rx)
+        .await
+        .expect("the upstream saw a request")
+        .unwrap();
+    let names = |head: &str| -> Vec<String> {
+        head.split("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_string()))
+            .collect()
+    };
+    for (what, head) in [("upstream request", &seen), ("response", &resp)] {
+        let names = names(head);
+        assert!(names.len() >= 3, "{what}: {head}");
+        assert!(
+            names.iter().all(|n| *n == n.to_ascii_lowercase()),
+            "{what}: {names:?}"
+        );
+    }
+    assert!(seen.contains("\r\nx-client-header: b\r\n"), "{seen}");
+    assert!(resp.contains("\r\nx-upstream-header: a\r\n"), "{resp}");
+    assert!(resp.contains("\r\ncontent-length: 2\r\n"), "{resp}");
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+}

@@ -284,9 +284,11 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
+                        // SENTINEL PATCH: the names' case is not kept (Envoy lowercases them).
+                        let mut response_header = match ResponseHeader::build_no_case(
                             resp.code.unwrap(),
-                            Some(resp.headers.len()),
+                            // SENTINEL PATCH: room for the headers the proxy adds.
+                            Some(resp.headers.len() + 4),
                         ) {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
@@ -301,9 +303,8 @@ impl HttpSession {
                             _ => Version::HTTP_09,
                         });
 
-                        if let Err(e) = response_header.set_reason_phrase(resp.reason) {
-                            return self.fail_response_header_read(e);
-                        }
+                        // SENTINEL PATCH: the upstream's reason phrase is not kept: the
+                        // response goes out with the standard phrase of its code, as Envoy's.
 
                         let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
@@ -942,7 +943,12 @@ pub fn http_req_header_to_wire(req: &RequestHeader) -> Option<BytesMut> {
     buf.put_slice(CRLF);
 
     // headers
-    req.header_to_h1_wire(&mut buf);
+    // SENTINEL PATCH: lowercase names unless the header kept its case (as Envoy writes them).
+    if req.has_case() {
+        req.header_to_h1_wire(&mut buf);
+    } else {
+        super::common::lowercase_header_to_h1_wire(&req.headers, &mut buf);
+    }
     buf.put_slice(CRLF);
     Some(buf)
 }

@@ -122,6 +122,20 @@ fn parse_connection_header(value: &[u8]) -> ConnectionValue {
     }
 }
 
+/// SENTINEL PATCH: writes a header block with the names as the map holds them, lowercase, as
+/// Envoy's HTTP/1 codec does. Sessions parse heads without keeping the case (`build_no_case`),
+/// so this is the usual path; a header built with its case kept is written by
+/// `header_to_h1_wire` of `pingora-http` instead (callers check `has_case()`).
+pub(crate) fn lowercase_header_to_h1_wire(headers: &HMap, buf: &mut bytes::BytesMut) {
+    use bytes::BufMut;
+    for (name, value) in headers {
+        buf.put_slice(name.as_str().as_bytes());
+        buf.put_slice(b": ");
+        buf.put_slice(value.as_bytes());
+        buf.put_slice(b"\r\n");
+    }
+}
+
 pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) {
     if is_chunked_encoding_from_headers(headers) {
         // transfer-encoding takes priority over content-length

@@ -349,11 +349,14 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
+                        // SENTINEL PATCH: the names' case is not kept (Envoy lowercases them).
+                        let mut request_header = Box::new(RequestHeader::build_no_case(
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // SENTINEL PATCH: room for the headers the proxy adds (request id,
+                            // forwarding headers...), so that the map does not grow twice.
+                            Some(req.headers.len() + 8),
                         )?);
 
                         request_header.set_version(match req.version {
@@ -848,13 +851,17 @@ impl HttpSession {
             /* update headers */
             header.insert_header(header::DATE, date::get_cached_date())?;
 
-            // TODO: make these lazy static
-            let connection_value = if self.will_keepalive() {
-                "keep-alive"
+            // SENTINEL PATCH: as Envoy, `connection: close` when the connection ends after
+            // this response, `keep-alive` only to an HTTP/1.0 client that keeps it, and no
+            // header on an HTTP/1.1 keep-alive response.
+            let http10 = matches!(&self.request_header, Some(r) if r.version == Version::HTTP_10);
+            if !self.will_keepalive() {
+                header.insert_header(header::CONNECTION, "close")?;
+            } else if http10 {
+                header.insert_header(header::CONNECTION, "keep-alive")?;
             } else {
-                "close"
-            };
-            header.insert_header(header::CONNECTION, connection_value)?;
+                header.remove_header(&header::CONNECTION);
+            }
         }
 
         if header.status == 101 {
@@ -1848,7 +1855,12 @@ fn http_resp_header_to_buf(
 
     // headers
     // TODO: style: make sure Server and Date headers are the first two
-    resp.header_to_h1_wire(buf);
+    // SENTINEL PATCH: lowercase names unless the header kept its case (as Envoy writes them).
+    if resp.has_case() {
+        resp.header_to_h1_wire(buf);
+    } else {
+        super::common::lowercase_header_to_h1_wire(&resp.headers, buf);
+    }
 
     buf.put_slice(CRLF);
     Ok(())
