@@ -12,7 +12,7 @@
 //! type outside the first (an extension Sentinel does not implement, which must still resolve
 //! so that it is refused by name, or skipped when optional, exactly as before).
 
-use std::sync::LazyLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use prost_reflect::{
     DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions,
@@ -24,30 +24,84 @@ pub use prost;
 /// `type.googleapis.com/` prefix of every `Any` type URL.
 pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
 
+/// A descriptor set decoded on demand and kept until [`release_pools`]: a decoded pool takes
+/// megabytes that an idle proxy should not keep, and decoding takes milliseconds, once per
+/// batch of work (the bootstrap, one xDS update, one config dump).
+struct Pool {
+    bytes: &'static [u8],
+    decoded: Mutex<Option<DescriptorPool>>,
+}
+
+impl Pool {
+    const fn new(bytes: &'static [u8]) -> Self {
+        Pool {
+            bytes,
+            decoded: Mutex::new(None),
+        }
+    }
+
+    /// The decoded pool (a cheap handle: it shares the decoded set).
+    fn get(&self) -> DescriptorPool {
+        let mut slot = self.decoded.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.get_or_insert_with(|| {
+            DescriptorPool::decode(self.bytes).expect("the embedded Envoy descriptor set decodes")
+        })
+        .clone()
+    }
+
+    fn release(&self) {
+        // Dropped outside the lock: the last handle frees the whole set.
+        let old = self
+            .decoded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(old);
+    }
+}
+
 /// The files Sentinel's own types need, without comments (see `build.rs`).
-static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(
-        &include_bytes!(concat!(env!("OUT_DIR"), "/sentinel-descriptors.bin"))[..],
-    )
-    .expect("the pruned Envoy descriptor set decodes")
-});
+static POOL: Pool = Pool::new(include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/sentinel-descriptors.bin"
+)));
 
 /// Every file of the vendored set, without comments: decoded on the first miss in `POOL`.
-static FULL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/envoy-descriptors.bin"))[..])
-        .expect("the vendored Envoy descriptor set decodes")
-});
+static FULL: Pool = Pool::new(include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/envoy-descriptors.bin"
+)));
+
+/// What runs after the pools were freed: the binary hands the memory back to the OS (its
+/// allocator keeps freed pages otherwise). Set once.
+static AFTER_RELEASE: OnceLock<fn()> = OnceLock::new();
+
+/// Sets what runs after [`release_pools`] (the first call wins).
+pub fn on_release(f: fn()) {
+    let _ = AFTER_RELEASE.set(f);
+}
+
+/// Frees the decoded pools once a batch of work that needed them is done; descriptors still
+/// held elsewhere keep theirs alive until they are dropped. The next use decodes again.
+pub fn release_pools() {
+    POOL.release();
+    FULL.release();
+    if let Some(f) = AFTER_RELEASE.get() {
+        f();
+    }
+}
 
 /// A message type of the Envoy API by full name (`envoy.config.listener.v3.Listener`).
 pub fn message(full_name: &str) -> Option<MessageDescriptor> {
-    POOL.get_message_by_name(full_name)
-        .or_else(|| FULL.get_message_by_name(full_name))
+    POOL.get()
+        .get_message_by_name(full_name)
+        .or_else(|| FULL.get().get_message_by_name(full_name))
 }
 
 /// Runs a conversion against the small pool and, when that fails, against the whole API: a
 /// document may name (in an `Any`) a type that only the whole API has.
 fn in_pools<T>(convert: impl Fn(&DescriptorPool) -> Result<T, JsonError>) -> Result<T, JsonError> {
-    convert(&POOL).or_else(|_| convert(&FULL))
+    convert(&POOL.get()).or_else(|_| convert(&FULL.get()))
 }
 
 /// Why a JSON or YAML document is not a valid message.
@@ -215,6 +269,17 @@ mod tests {
     use pb::envoy::config::listener::v3::Listener;
 
     #[test]
+    fn pools_decode_again_after_release() {
+        let listener = "envoy.config.listener.v3.Listener";
+        let held = message(listener).expect("in the small pool");
+        release_pools();
+        // A descriptor still held keeps its pool; the next lookup decodes a fresh one.
+        assert_eq!(held.full_name(), listener);
+        assert!(message(listener).is_some());
+        assert!(message("envoy.extensions.filters.http.cors.v3.Cors").is_some());
+    }
+
+    #[test]
     fn bootstrap_yaml_with_typed_config_round_trips() {
         let text = r#"
 node: { id: n1, cluster: c1 }
@@ -254,7 +319,10 @@ static_resources:
     #[test]
     fn types_outside_the_small_pool_still_resolve() {
         let cors = "envoy.extensions.filters.http.cors.v3.Cors";
-        assert!(POOL.get_message_by_name(cors).is_none(), "pruned away");
+        assert!(
+            POOL.get().get_message_by_name(cors).is_none(),
+            "pruned away"
+        );
         assert!(message(cors).is_some());
         assert!(message("envoy.config.listener.v3.Listener").is_some());
         assert!(message("no.such.Type").is_none());

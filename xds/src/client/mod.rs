@@ -10,7 +10,7 @@ mod stream;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sentinel_proto::pb::envoy::config::core::v3::Node;
 use sentinel_proto::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
@@ -134,9 +134,15 @@ impl XdsClient {
         Ok(client)
     }
 
+    /// How long without updates before the descriptor pools are freed.
+    const POOLS_LINGER: Duration = Duration::from_millis(200);
+
     /// Runs until the process ends. A dead control plane only means retries: the last good
     /// snapshot keeps serving.
     pub async fn run(mut self) {
+        // Validation decodes the Envoy descriptor pools; they are freed once updates stop
+        // coming (a push arrives as several responses in a row, which share one decode).
+        let mut pools_in_use = true;
         loop {
             let deadline = self.store.next_deadline();
             let sleep = async {
@@ -145,13 +151,26 @@ impl XdsClient {
                     None => std::future::pending().await,
                 }
             };
+            let quiet = async {
+                match pools_in_use {
+                    true => tokio::time::sleep(Self::POOLS_LINGER).await,
+                    false => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                ev = self.events_rx.recv() => match ev {
-                    Some(Event::Stream(e)) => self.on_stream_event(e),
-                    Some(Event::File(f)) => self.on_file(f),
-                    None => return,
-                },
+                ev = self.events_rx.recv() => {
+                    pools_in_use = true;
+                    match ev {
+                        Some(Event::Stream(e)) => self.on_stream_event(e),
+                        Some(Event::File(f)) => self.on_file(f),
+                        None => return,
+                    }
+                }
                 _ = sleep => self.store.tick(Instant::now()),
+                _ = quiet => {
+                    sentinel_proto::release_pools();
+                    pools_in_use = false;
+                }
             }
             self.sync_subscriptions();
         }
