@@ -386,6 +386,9 @@ pub struct Expect {
     pub closed: Option<bool>,
     /// The 1xx answers before the final one, in order (raw requests only).
     pub interim: Option<Vec<u16>>,
+    /// Whether every header name of the response head is written lowercase (raw requests
+    /// only: other clients do not show the case).
+    pub lowercase_names: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

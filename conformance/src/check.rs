@@ -31,6 +31,16 @@ pub fn check(expect: &Expect, outcome: &Result<Response, Failure>) -> Result<(),
         (Ok(r), None) => r,
     };
     let mut errors = Vec::new();
+    if expect.lowercase_names == Some(true) {
+        let upper: Vec<&String> = resp
+            .raw_names
+            .iter()
+            .filter(|n| n.bytes().any(|b| b.is_ascii_uppercase()))
+            .collect();
+        if !upper.is_empty() {
+            errors.push(format!("header names not lowercase: {upper:?}"));
+        }
+    }
     if let Some(want) = &expect.interim {
         if *want != resp.interim {
             errors.push(format!(
@@ -271,6 +281,7 @@ mod tests {
             body: body.into(),
             closed: None,
             interim: Vec::new(),
+            raw_names: Vec::new(),
         })
     }
 
@@ -299,6 +310,17 @@ mod tests {
             err.contains("expected present, got absent") || err.contains("got absent"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn lowercase_names_reads_the_raw_head() {
+        let mut r = resp(200, &[("date", "x")], "").unwrap();
+        r.raw_names = vec!["content-length".into(), "Date".into()];
+        let err = check(&expect("{ lowercase_names: true }"), &Ok(r)).unwrap_err();
+        assert!(err.contains("not lowercase: [\"Date\"]"), "{err}");
+        let mut r = resp(200, &[], "").unwrap();
+        r.raw_names = vec!["date".into()];
+        assert!(check(&expect("{ lowercase_names: true }"), &Ok(r)).is_ok());
     }
 
     #[test]

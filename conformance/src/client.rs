@@ -44,6 +44,8 @@ pub struct Response {
     pub closed: Option<bool>,
     /// Informational (1xx) answers before it, raw requests only.
     pub interim: Vec<u16>,
+    /// The header names as written in the head, raw requests only.
+    pub raw_names: Vec<String>,
 }
 
 impl Response {
@@ -193,6 +195,7 @@ async fn finish(resp: hyper::Result<hyper::Response<hyper::body::Incoming>>) -> 
         body,
         closed: None,
         interim: Vec::new(),
+        raw_names: Vec::new(),
     })
 }
 
@@ -235,7 +238,7 @@ async fn raw_exchange(
     let mut buf = Vec::new();
     let mut eof = false;
     let mut interim = Vec::new();
-    let (status, headers, head_len) = loop {
+    let (status, headers, head_len, raw_names) = loop {
         let mut slots = [httparse::EMPTY_HEADER; 128];
         let mut resp = httparse::Response::new(&mut slots);
         if let httparse::Status::Complete(n) = resp.parse(&buf)? {
@@ -256,7 +259,8 @@ async fn raw_exchange(
                     )
                 })
                 .collect();
-            break (resp.code.unwrap_or_default(), headers, n);
+            let names = resp.headers.iter().map(|h| h.name.to_string()).collect();
+            break (resp.code.unwrap_or_default(), headers, n, names);
         }
         if eof {
             return Err(anyhow!("the connection closed before a complete response"));
@@ -281,6 +285,7 @@ async fn raw_exchange(
             body: String::from_utf8_lossy(&buf[head_len..]).into_owned(),
             closed: None,
             interim,
+            raw_names,
         });
     }
     let body_end = match (header("content-length"), header("transfer-encoding")) {
@@ -309,6 +314,7 @@ async fn raw_exchange(
         body: String::from_utf8_lossy(&body).into_owned(),
         closed,
         interim,
+        raw_names,
     })
 }
 
