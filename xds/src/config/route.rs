@@ -10,7 +10,7 @@ use sentinel_proto::pb::envoy::config::route::v3 as pb;
 pub(crate) use super::header_mutation::header_add;
 pub use super::header_mutation::{AppendAction, HeaderAdd, HeaderMutations, Part, Template};
 use super::matcher::{compile_regex, full_regex, HeaderMatcher, QueryMatcher};
-use super::{duration, timeout_or, ConfigError, Result};
+use super::{duration, timeout_or, ConfigError, Result, TryCollectExact};
 
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
@@ -301,7 +301,7 @@ impl RouteConfig {
             .map(|(i, vh)| {
                 VirtualHost::from_proto(vh).map_err(|e| e.within(&format!("virtual_hosts[{i}]")))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .try_collect_exact()?;
         let mut seen = std::collections::HashSet::new();
         for (i, vh) in virtual_hosts.iter().enumerate() {
             for d in &vh.domains {
@@ -336,7 +336,7 @@ impl RouteConfig {
                         )
                     })
                 })
-                .collect::<Result<_>>()?,
+                .try_collect_exact()?,
         })
     }
 
@@ -390,7 +390,7 @@ impl VirtualHost {
             .iter()
             .enumerate()
             .map(|(i, r)| Route::from_proto(r).map_err(|e| e.within(&format!("routes[{i}]"))))
-            .collect::<Result<Vec<_>>>()?;
+            .try_collect_exact()?;
         Ok(Self {
             name: vh.name.clone(),
             domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
@@ -516,13 +516,13 @@ impl RouteMatch {
                 .iter()
                 .enumerate()
                 .map(|(i, h)| HeaderMatcher::from_proto(h, &format!("headers[{i}]")))
-                .collect::<Result<_>>()?,
+                .try_collect_exact()?,
             query: m
                 .query_parameters
                 .iter()
                 .enumerate()
                 .map(|(i, q)| QueryMatcher::from_proto(q, &format!("query_parameters[{i}]")))
-                .collect::<Result<_>>()?,
+                .try_collect_exact()?,
             grpc: m.grpc.is_some(),
             fraction_per_million: m.runtime_fraction.as_ref().map(fraction_per_million),
         })
@@ -597,7 +597,7 @@ impl RouteAction {
                             .map_err(|e| e.within(&p))?,
                         })
                     })
-                    .collect::<Result<Vec<_>>>()?;
+                    .try_collect_exact()?;
                 let sum: u64 = clusters.iter().map(|c| c.weight as u64).sum();
                 let total = match a.cluster_specifier {
                     Some(C::WeightedClusters(ref w)) => {
@@ -679,7 +679,7 @@ impl RouteAction {
                         &format!("upgrade_configs[{i}]"),
                     )
                 })
-                .collect::<Result<Vec<_>>>()?,
+                .try_collect_exact()?,
             retry: a
                 .retry_policy
                 .as_ref()
@@ -704,7 +704,7 @@ impl RouteAction {
                             .map_or(1_000_000, fraction_per_million),
                     })
                 })
-                .collect::<Result<_>>()?,
+                .try_collect_exact()?,
         })
     }
 }
