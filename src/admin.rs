@@ -39,8 +39,8 @@ fn timestamp(t: SystemTime) -> String {
     crate::timefmt::rfc3339(t, crate::timefmt::Fraction::Millis)
 }
 
-fn resource_json(e: &DumpEntry) -> Value {
-    sentinel_proto::any_to_json(&e.resource).unwrap_or(Value::Null)
+fn resource_json(t: &TypeDump, e: &DumpEntry) -> Value {
+    sentinel_proto::encoded_to_json(t.type_url, &e.resource).unwrap_or(Value::Null)
 }
 
 fn failure_json(t: &TypeDump) -> Option<Value> {
@@ -60,11 +60,11 @@ fn config_dump(state: &AdminState, include_eds: bool) -> Value {
         "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
         "version_info": d.listeners.version_info,
         "static_listeners": d.listeners.entries.iter().filter(|e| e.is_static).map(|e| json!({
-            "listener": resource_json(e), "last_updated": timestamp(e.last_updated)
+            "listener": resource_json(&d.listeners, e), "last_updated": timestamp(e.last_updated)
         })).collect::<Vec<_>>(),
         "dynamic_listeners": d.listeners.entries.iter().filter(|e| !e.is_static).map(|e| {
-            let state = json!({"version_info": e.version_info, "listener": resource_json(e), "last_updated": timestamp(e.last_updated)});
-            if e.warming { json!({"name": e.name, "warming_state": state}) } else { json!({"name": e.name, "active_state": state}) }
+            let state = json!({"version_info": &*e.version_info, "listener": resource_json(&d.listeners, e), "last_updated": timestamp(e.last_updated)});
+            if e.warming { json!({"name": &*e.name, "warming_state": state}) } else { json!({"name": &*e.name, "active_state": state}) }
         }).collect::<Vec<_>>(),
     });
     if let Some(f) = failure_json(&d.listeners) {
@@ -74,13 +74,13 @@ fn config_dump(state: &AdminState, include_eds: bool) -> Value {
         "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
         "version_info": d.clusters.version_info,
         "static_clusters": d.clusters.entries.iter().filter(|e| e.is_static).map(|e| json!({
-            "cluster": resource_json(e), "last_updated": timestamp(e.last_updated)
+            "cluster": resource_json(&d.clusters, e), "last_updated": timestamp(e.last_updated)
         })).collect::<Vec<_>>(),
         "dynamic_active_clusters": d.clusters.entries.iter().filter(|e| !e.is_static && !e.warming).map(|e| json!({
-            "version_info": e.version_info, "cluster": resource_json(e), "last_updated": timestamp(e.last_updated)
+            "version_info": &*e.version_info, "cluster": resource_json(&d.clusters, e), "last_updated": timestamp(e.last_updated)
         })).collect::<Vec<_>>(),
         "dynamic_warming_clusters": d.clusters.entries.iter().filter(|e| e.warming).map(|e| json!({
-            "version_info": e.version_info, "cluster": resource_json(e), "last_updated": timestamp(e.last_updated)
+            "version_info": &*e.version_info, "cluster": resource_json(&d.clusters, e), "last_updated": timestamp(e.last_updated)
         })).collect::<Vec<_>>(),
     });
     if let Some(f) = failure_json(&d.clusters) {
@@ -89,7 +89,7 @@ fn config_dump(state: &AdminState, include_eds: bool) -> Value {
     let mut routes = json!({
         "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
         "dynamic_route_configs": d.routes.entries.iter().map(|e| json!({
-            "version_info": e.version_info, "route_config": resource_json(e), "last_updated": timestamp(e.last_updated)
+            "version_info": &*e.version_info, "route_config": resource_json(&d.routes, e), "last_updated": timestamp(e.last_updated)
         })).collect::<Vec<_>>(),
     });
     if let Some(f) = failure_json(&d.routes) {
@@ -105,7 +105,7 @@ fn config_dump(state: &AdminState, include_eds: bool) -> Value {
         let mut eds = json!({
             "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
             "dynamic_endpoint_configs": d.endpoints.entries.iter().map(|e| json!({
-                "version_info": e.version_info, "endpoint_config": resource_json(e), "last_updated": timestamp(e.last_updated)
+                "version_info": &*e.version_info, "endpoint_config": resource_json(&d.endpoints, e), "last_updated": timestamp(e.last_updated)
             })).collect::<Vec<_>>(),
         });
         if let Some(f) = failure_json(&d.endpoints) {

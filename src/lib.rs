@@ -22,6 +22,7 @@ mod headers;
 mod http1;
 pub mod listeners;
 mod local_reply;
+mod memory;
 pub mod mirror;
 pub mod net;
 pub mod proxy;
@@ -202,6 +203,8 @@ impl SentinelApp {
             loop {
                 manager.sync().await;
                 bound_w.store(Arc::new(manager.addresses()));
+                // Rebuilding listeners and clusters freed the previous ones on this thread.
+                memory::collect_thread_heap();
                 loop {
                     tokio::select! {
                         r = changes.changed() => if r.is_err() { return } else { break },

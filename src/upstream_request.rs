@@ -43,7 +43,7 @@ impl HttpHandler {
                 };
                 new_path = Some(format!("{prefix}{}", &path[matched_len.min(path.len())..]));
             }
-        } else if let Some((re, sub)) = &a.regex_rewrite {
+        } else if let Some((re, sub)) = a.regex_rewrite.as_deref() {
             new_path = Some(re.replace_all(path, sub.as_str()).into_owned());
         }
         if let Some(p) = new_path {
@@ -71,7 +71,7 @@ impl HttpHandler {
             let _ = upstream.insert_header(http::header::TE, "trailers");
         }
         // Host rewrites.
-        let new_host = match &a.host_rewrite {
+        let new_host = match a.host_rewrite.as_deref() {
             Some(HostRewrite::Literal(h)) => Some(h.clone()),
             Some(HostRewrite::Auto) => ctx
                 .host

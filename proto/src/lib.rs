@@ -196,19 +196,21 @@ pub fn to_json<M: prost::Message + prost::Name>(message: &M) -> serde_json::Valu
 /// Writes an `Any` as JSON with its `@type`; fails when the type is not in the pool or the
 /// payload does not decode.
 pub fn any_to_json(any: &pb::google::protobuf::Any) -> Result<serde_json::Value, JsonError> {
-    let name = any
-        .type_url
+    encoded_to_json(&any.type_url, &any.value)
+}
+
+/// The JSON of a message of `type_url` encoded as `value`, with its `@type`, as an `Any` of
+/// the two would give.
+pub fn encoded_to_json(type_url: &str, value: &[u8]) -> Result<serde_json::Value, JsonError> {
+    let name = type_url
         .rsplit_once('/')
         .map(|(_, n)| n)
-        .unwrap_or(&any.type_url);
-    let mut value = bytes_to_json(name, &any.value)?;
-    if let serde_json::Value::Object(map) = &mut value {
-        map.insert(
-            "@type".into(),
-            serde_json::Value::String(any.type_url.clone()),
-        );
+        .unwrap_or(type_url);
+    let mut json = bytes_to_json(name, value)?;
+    if let serde_json::Value::Object(map) = &mut json {
+        map.insert("@type".into(), serde_json::Value::String(type_url.into()));
     }
-    Ok(value)
+    Ok(json)
 }
 
 fn bytes_to_json(full_name: &str, bytes: &[u8]) -> Result<serde_json::Value, JsonError> {

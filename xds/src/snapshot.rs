@@ -40,14 +40,16 @@ impl Snapshot {
     }
 }
 
-/// One resource as last accepted, in the shape config_dump reports it.
+/// One resource as last accepted, in the shape config_dump reports it. Every publish of a
+/// type rebuilds its entries, so they share their parts with the store instead of copying.
 #[derive(Debug, Clone)]
 pub struct DumpEntry {
-    pub name: String,
-    pub version_info: String,
+    pub name: Arc<str>,
+    pub version_info: Arc<str>,
     pub last_updated: SystemTime,
-    /// The resource as received, for the dump's JSON (shared with the store).
-    pub resource: Arc<sentinel_proto::pb::google::protobuf::Any>,
+    /// The resource as received, encoded (its type is the [`TypeDump`]'s), for the dump's
+    /// JSON. The type URL is not kept per resource: at 20,000 resources it was 1.7 MB.
+    pub resource: Arc<[u8]>,
     pub is_static: bool,
     /// Still warming (listeners waiting for routes, clusters for endpoints).
     pub warming: bool,
@@ -63,6 +65,8 @@ pub struct UpdateFailure {
 
 #[derive(Debug, Clone, Default)]
 pub struct TypeDump {
+    /// The type URL of every entry.
+    pub type_url: &'static str,
     pub version_info: String,
     pub entries: Vec<DumpEntry>,
     pub last_failure: Option<UpdateFailure>,

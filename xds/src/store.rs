@@ -61,17 +61,19 @@ impl Update {
 
 struct Entry<T> {
     config: Arc<T>,
-    /// Shared with the config dump, which would otherwise copy every resource per publish.
-    raw: Arc<Any>,
-    version: String,
+    /// The resource as received, encoded (its type is the map's): what an update is compared
+    /// with, and what the config dump shows, sharing it instead of copying it per publish.
+    raw: Arc<[u8]>,
+    /// Shared by all the resources of one update.
+    version: Arc<str>,
     updated: SystemTime,
     is_static: bool,
 }
 
 impl<T> Entry<T> {
-    fn dump(&self, name: &str, warming: bool) -> DumpEntry {
+    fn dump(&self, name: &Arc<str>, warming: bool) -> DumpEntry {
         DumpEntry {
-            name: name.to_string(),
+            name: name.clone(),
             version_info: self.version.clone(),
             last_updated: self.updated,
             resource: self.raw.clone(),
@@ -160,16 +162,17 @@ struct Interest {
 
 #[derive(Default)]
 pub struct Store {
-    listeners: BTreeMap<String, Entry<Listener>>,
+    // Keyed by shared names: the config dump of each publish holds them too.
+    listeners: BTreeMap<Arc<str>, Entry<Listener>>,
     active_listeners: HashMap<String, Arc<Listener>>,
     warming_listeners: HashMap<String, Warming>,
-    routes: BTreeMap<String, Entry<RouteConfig>>,
-    clusters: BTreeMap<String, Entry<Cluster>>,
+    routes: BTreeMap<Arc<str>, Entry<RouteConfig>>,
+    clusters: BTreeMap<Arc<str>, Entry<Cluster>>,
     active_clusters: HashMap<String, Arc<Cluster>>,
     warming_clusters: HashMap<String, Warming>,
     /// Warming EDS clusters by the service name whose assignment they wait for.
     waiting_eds: HashMap<String, HashSet<String>>,
-    endpoints: BTreeMap<String, Entry<ClusterLoadAssignment>>,
+    endpoints: BTreeMap<Arc<str>, Entry<ClusterLoadAssignment>>,
     versions: HashMap<&'static str, String>,
     failures: HashMap<&'static str, UpdateFailure>,
     /// Types whose first response is still awaited, with the deadline of that wait.
@@ -228,7 +231,7 @@ impl Store {
         let type_url = canonical(&resource.type_url)
             .ok_or_else(|| format!("unsupported static resource type {}", resource.type_url))?;
         let name = resource_name(type_url, &resource)?;
-        self.validate_and_insert(type_url, &name, resource, "", true, Instant::now())
+        self.validate_and_insert(type_url, &name, resource, &"".into(), true, Instant::now())
             .map_err(|e| format!("{name}: {e}"))
     }
 
@@ -250,6 +253,7 @@ impl Store {
         self.dirty.mark(type_url);
         self.initial_pending.remove(type_url);
         let mut errors = Vec::new();
+        let update_version: Arc<str> = update.version_info.as_str().into();
         let mut named = Vec::with_capacity(update.resources.len());
         let mut seen = HashSet::new();
         for inc in update.resources {
@@ -277,7 +281,9 @@ impl Store {
                 self.record_failure(type_url, &update.version_info, &err);
                 return Err(err);
             }
-            let version = inc.version.unwrap_or_else(|| update.version_info.clone());
+            let version = inc
+                .version
+                .map_or_else(|| update_version.clone(), Arc::from);
             named.push((name, version, inc.resource));
         }
         if update.full_state {
@@ -338,16 +344,16 @@ impl Store {
                 .listeners
                 .iter()
                 .filter(|(_, e)| dynamic(e.is_static))
-                .map(|(n, _)| n.clone())
+                .map(|(n, _)| n.to_string())
                 .collect(),
             types::CLUSTER => self
                 .clusters
                 .iter()
                 .filter(|(_, e)| dynamic(e.is_static))
-                .map(|(n, _)| n.clone())
+                .map(|(n, _)| n.to_string())
                 .collect(),
-            types::ROUTE => self.routes.keys().cloned().collect(),
-            types::ENDPOINT => self.endpoints.keys().cloned().collect(),
+            types::ROUTE => self.routes.keys().map(|n| n.to_string()).collect(),
+            types::ENDPOINT => self.endpoints.keys().map(|n| n.to_string()).collect(),
             _ => vec![],
         }
     }
@@ -388,17 +394,27 @@ impl Store {
         type_url: &'static str,
         name: &str,
         raw: Any,
-        version: &str,
+        version: &Arc<str>,
         is_static: bool,
         now: Instant,
     ) -> Result<(), ConfigError> {
         // An unchanged resource needs no work; an unchanged assignment still warms the
         // clusters waiting for one (a new CLA is what warms an updated cluster).
         let unchanged = match type_url {
-            types::LISTENER => self.listeners.get(name).is_some_and(|e| *e.raw == raw),
-            types::ROUTE => self.routes.get(name).is_some_and(|e| *e.raw == raw),
-            types::CLUSTER => self.clusters.get(name).is_some_and(|e| *e.raw == raw),
-            _ => self.endpoints.get(name).is_some_and(|e| *e.raw == raw),
+            // `apply` and `add_static` checked the type already.
+            types::LISTENER => self
+                .listeners
+                .get(name)
+                .is_some_and(|e| *e.raw == *raw.value),
+            types::ROUTE => self.routes.get(name).is_some_and(|e| *e.raw == *raw.value),
+            types::CLUSTER => self
+                .clusters
+                .get(name)
+                .is_some_and(|e| *e.raw == *raw.value),
+            _ => self
+                .endpoints
+                .get(name)
+                .is_some_and(|e| *e.raw == *raw.value),
         };
         if unchanged {
             if type_url == types::ENDPOINT {
@@ -415,8 +431,8 @@ impl Store {
             ($config:expr) => {
                 Entry {
                     config: Arc::new($config),
-                    raw: Arc::new(raw),
-                    version: version.to_string(),
+                    raw: Arc::from(raw.value),
+                    version: version.clone(),
                     updated,
                     is_static,
                 }
@@ -428,7 +444,7 @@ impl Store {
                     &lds::Listener::decode(raw.value.as_slice()).map_err(bad)?,
                 )?;
                 if let Some((other, _)) = self.listeners.iter().find(|(n, e)| {
-                    n.as_str() != name
+                    &***n != name
                         && e.config.address == config.address
                         && config.address.port() != 0
                 }) {
@@ -454,7 +470,7 @@ impl Store {
                     .filter_map(|(_, src)| src.initial_fetch_timeout)
                     .min()
                     .map(|t| now + t);
-                self.listeners.insert(name.to_string(), entry!(config));
+                self.listeners.insert(name.into(), entry!(config));
                 self.warming_listeners
                     .insert(name.to_string(), Warming { deadline });
             }
@@ -462,7 +478,7 @@ impl Store {
                 let config = RouteConfig::from_proto(
                     &rds::RouteConfiguration::decode(raw.value.as_slice()).map_err(bad)?,
                 )?;
-                self.routes.insert(name.to_string(), entry!(config));
+                self.routes.insert(name.into(), entry!(config));
             }
             types::CLUSTER => {
                 let proto = cds::Cluster::decode(raw.value.as_slice()).map_err(bad)?;
@@ -473,7 +489,7 @@ impl Store {
                     .and_then(|s| s.initial_fetch_timeout)
                     .map(|t| now + t);
                 let service = config.eds_service_name().map(str::to_string);
-                self.clusters.insert(name.to_string(), entry!(config));
+                self.clusters.insert(name.into(), entry!(config));
                 if let Some(service) = service {
                     self.warming_clusters
                         .insert(name.to_string(), Warming { deadline });
@@ -492,7 +508,7 @@ impl Store {
                     &eds::ClusterLoadAssignment::decode(raw.value.as_slice()).map_err(bad)?,
                     false,
                 )?;
-                self.endpoints.insert(name.to_string(), entry!(config));
+                self.endpoints.insert(name.into(), entry!(config));
                 self.warm_clusters_waiting_for(name);
             }
             _ => unreachable!("canonical type"),
@@ -504,7 +520,7 @@ impl Store {
     fn warm_clusters_waiting_for(&mut self, service: &str) {
         for c in self.waiting_eds.remove(service).unwrap_or_default() {
             if self.warming_clusters.remove(&c).is_some() {
-                if let Some(e) = self.clusters.get(&c) {
+                if let Some(e) = self.clusters.get(c.as_str()) {
                     self.active_clusters.insert(c.clone(), e.config.clone());
                     self.touched(types::CLUSTER);
                 }
@@ -535,7 +551,7 @@ impl Store {
             .iter()
             .filter(|(name, w)| {
                 w.deadline.is_some_and(|d| d <= now)
-                    || self.listeners[*name]
+                    || self.listeners[name.as_str()]
                         .config
                         .rds_names()
                         .all(|(r, _)| routes.contains_key(r))
@@ -549,7 +565,7 @@ impl Store {
         for name in ready {
             self.warming_listeners.remove(&name);
             self.active_listeners
-                .insert(name.clone(), self.listeners[&name].config.clone());
+                .insert(name.clone(), self.listeners[name.as_str()].config.clone());
         }
         let expired: Vec<String> = self
             .warming_clusters
@@ -564,7 +580,7 @@ impl Store {
             tracing::warn!(cluster = %name, "endpoints did not arrive in time; the cluster serves without them");
             self.warming_clusters.remove(&name);
             self.active_clusters
-                .insert(name.clone(), self.clusters[&name].config.clone());
+                .insert(name.clone(), self.clusters[name.as_str()].config.clone());
         }
         let timed_out: Vec<&'static str> = self
             .initial_pending
@@ -639,7 +655,7 @@ impl Store {
         }
         // Serving versions count too, as for routes.
         let serving = self.active_clusters.iter().filter_map(|(n, c)| {
-            let latest = self.clusters.get(n)?;
+            let latest = self.clusters.get(n.as_str())?;
             (!Arc::ptr_eq(&latest.config, c)).then_some(c)
         });
         let mut out = BTreeMap::new();
@@ -659,23 +675,23 @@ impl Store {
         if self.dirty.listeners || self.dirty.routes {
             let rds = self.rds_interest();
             let before = self.routes.len();
-            self.routes.retain(|n, _| rds.contains_key(n));
+            self.routes.retain(|n, _| rds.contains_key(&**n));
             self.dirty.routes |= self.routes.len() != before;
         }
         if self.dirty.clusters || self.dirty.endpoints {
             let eds = self.eds_interest();
             let before = self.endpoints.len();
-            self.endpoints.retain(|n, _| eds.contains_key(n));
+            self.endpoints.retain(|n, _| eds.contains_key(&**n));
             self.dirty.endpoints |= self.endpoints.len() != before;
         }
     }
 
     /// Per-resource versions of a type, for a delta stream's `initial_resource_versions`.
     pub fn resource_versions(&self, type_url: &str) -> HashMap<String, String> {
-        fn collect<T>(m: &BTreeMap<String, Entry<T>>) -> HashMap<String, String> {
+        fn collect<T>(m: &BTreeMap<Arc<str>, Entry<T>>) -> HashMap<String, String> {
             m.iter()
                 .filter(|(_, e)| !e.is_static)
-                .map(|(n, e)| (n.clone(), e.version.clone()))
+                .map(|(n, e)| (n.to_string(), e.version.to_string()))
                 .collect()
         }
         match type_url {
@@ -698,12 +714,14 @@ impl Store {
     fn publish(&mut self) {
         self.version += 1;
         fn dump<T>(
-            m: &BTreeMap<String, Entry<T>>,
+            type_url: &'static str,
+            m: &BTreeMap<Arc<str>, Entry<T>>,
             warming: &dyn Fn(&str) -> bool,
             version: Option<&String>,
             failure: Option<&UpdateFailure>,
         ) -> Arc<TypeDump> {
             Arc::new(TypeDump {
+                type_url,
                 version_info: version.cloned().unwrap_or_default(),
                 entries: m.iter().map(|(n, e)| e.dump(n, warming(n))).collect(),
                 last_failure: failure.cloned(),
@@ -714,6 +732,7 @@ impl Store {
         if dirty.listeners {
             p.listeners = Arc::new(self.active_listeners.clone());
             p.dump.listeners = dump(
+                types::LISTENER,
                 &self.listeners,
                 &|n| self.warming_listeners.contains_key(n),
                 self.versions.get(types::LISTENER),
@@ -724,10 +743,11 @@ impl Store {
             p.routes = Arc::new(
                 self.routes
                     .iter()
-                    .map(|(n, e)| (n.clone(), e.config.clone()))
+                    .map(|(n, e)| (n.to_string(), e.config.clone()))
                     .collect(),
             );
             p.dump.routes = dump(
+                types::ROUTE,
                 &self.routes,
                 &|_| false,
                 self.versions.get(types::ROUTE),
@@ -737,6 +757,7 @@ impl Store {
         if dirty.clusters {
             p.clusters = Arc::new(self.active_clusters.clone());
             p.dump.clusters = dump(
+                types::CLUSTER,
                 &self.clusters,
                 &|n| self.warming_clusters.contains_key(n),
                 self.versions.get(types::CLUSTER),
@@ -747,7 +768,7 @@ impl Store {
             let mut endpoints: HashMap<String, Arc<ClusterLoadAssignment>> = self
                 .endpoints
                 .iter()
-                .map(|(n, e)| (n.clone(), e.config.clone()))
+                .map(|(n, e)| (n.to_string(), e.config.clone()))
                 .collect();
             for (name, c) in &self.active_clusters {
                 if let Some(la) = &c.load_assignment {
@@ -756,6 +777,7 @@ impl Store {
             }
             p.endpoints = Arc::new(endpoints);
             p.dump.endpoints = dump(
+                types::ENDPOINT,
                 &self.endpoints,
                 &|_| false,
                 self.versions.get(types::ENDPOINT),

@@ -50,7 +50,10 @@ pub struct ClusterLoadAssignment {
 impl ClusterLoadAssignment {
     /// `allow_names`: DNS clusters carry host names; EDS and STATIC need IP addresses.
     pub fn from_proto(cla: &pb::ClusterLoadAssignment, allow_names: bool) -> Result<Self> {
-        let mut endpoints = Vec::new();
+        // Exactly as many as given: an assignment lives as long as it serves (a growing Vec
+        // would hold room for four endpoints where EDS commonly sends one).
+        let count = cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum();
+        let mut endpoints = Vec::with_capacity(count);
         for (li, locality) in cla.endpoints.iter().enumerate() {
             let lpath = format!("endpoints[{li}]");
             if locality.lb_config.is_some() {

@@ -9,7 +9,7 @@ use super::ext_proc::{self, ExtProc};
 use super::local_ratelimit::{self, LocalRateLimit};
 use super::ratelimit::{self, RateLimitFilter};
 use super::route::RouteConfig;
-use super::{timeout_or, ConfigError, Result};
+use super::{timeout_or, ConfigError, Result, TryCollectExact};
 
 pub const HCM_TYPE: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -239,7 +239,7 @@ impl HttpConnectionManager {
                     &format!("upgrade_configs[{i}]"),
                 )
             })
-            .collect::<Result<Vec<_>>>()?;
+            .try_collect_exact()?;
         let max_request_headers_kb = h.max_request_headers_kb.as_ref().map_or(60, |v| v.value);
         if !(1..=8192).contains(&max_request_headers_kb) {
             return Err(ConfigError::new(

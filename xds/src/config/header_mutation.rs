@@ -2,7 +2,7 @@
 
 use sentinel_proto::pb::envoy::config::core::v3 as core_pb;
 
-use super::{ConfigError, Result};
+use super::{ConfigError, Result, TryCollectExact};
 
 /// Header additions and removals at one level (route config, virtual host, route, weighted
 /// cluster).
@@ -118,7 +118,7 @@ impl HeaderMutations {
             opts.iter()
                 .enumerate()
                 .map(|(i, o)| header_add(o, &format!("{field}[{i}]")))
-                .collect::<Result<Vec<_>>>()
+                .try_collect_exact()
         };
         let removes = |names: &[String], field: &str| {
             names
@@ -135,7 +135,7 @@ impl HeaderMutations {
                         Ok(n)
                     }
                 })
-                .collect::<Result<Vec<_>>>()
+                .try_collect_exact()
         };
         Ok(Self {
             request_add: adds(req_add, "request_headers_to_add")?,

@@ -9,7 +9,7 @@ use sentinel_proto::pb::envoy::config::listener::v3 as pb;
 use sentinel_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
 
 use super::hcm::{HttpConnectionManager, HCM_TYPE};
-use super::{socket_addr, timeout_or, ConfigError, Result};
+use super::{socket_addr, timeout_or, ConfigError, Result, TryCollectExact};
 
 /// How a subscription is transported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +157,7 @@ impl FilterChainMatch {
             v.iter()
                 .enumerate()
                 .map(|(i, c)| CidrRange::from_proto(c, &format!("{f}[{i}]")))
-                .collect::<Result<Vec<_>>>()
+                .try_collect_exact()
         };
         let destination_port = match m.destination_port.as_ref().map(|p| p.value) {
             None => None,
@@ -189,7 +189,7 @@ impl FilterChainMatch {
                     u16::try_from(*p)
                         .map_err(|_| ConfigError::new("source_ports", format!("{p} is not a port")))
                 })
-                .collect::<Result<_>>()?,
+                .try_collect_exact()?,
         })
     }
 }
@@ -276,7 +276,7 @@ impl Listener {
             .map(|(i, fc)| {
                 FilterChain::from_proto(fc).map_err(|e| e.within(&format!("filter_chains[{i}]")))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .try_collect_exact()?;
         for (i, fc) in filter_chains.iter().enumerate() {
             if filter_chains[..i].iter().any(|o| o.matcher == fc.matcher) {
                 return Err(ConfigError::new(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use sentinel_proto::pb::envoy::extensions::filters::http::local_ratelimit::v3 as pb;
 
 use super::route::HeaderAdd;
-use super::{duration, route, ConfigError, Result};
+use super::{duration, route, ConfigError, Result, TryCollectExact};
 
 pub const TYPE: &str = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
 
@@ -198,7 +198,7 @@ impl LocalRateLimit {
             v.iter()
                 .enumerate()
                 .map(|(i, o)| route::header_add(o, &format!("{f}[{i}]")))
-                .collect::<Result<Vec<_>>>()
+                .try_collect_exact()
         };
         Ok(Self {
             stat_prefix: c.stat_prefix.clone(),
@@ -218,7 +218,7 @@ impl LocalRateLimit {
                 .iter()
                 .enumerate()
                 .map(|(i, d)| descriptor(d).map_err(|e| e.within(&format!("descriptors[{i}]"))))
-                .collect::<Result<_>>()?,
+                .try_collect_exact()?,
             stage: c.stage,
             vh_rate_limits: match c.vh_rate_limits {
                 1 => VhRateLimits::Include,

@@ -63,6 +63,24 @@ impl ConfigError {
 
 pub type Result<T> = std::result::Result<T, ConfigError>;
 
+/// Collects converted items into a `Vec` of exactly their count.
+///
+/// `collect::<Result<Vec<_>>>()` cannot see the count through its error shunt, so it starts
+/// with room for four items and grows by doubling: a virtual host's one-route `Vec<Route>`
+/// held three empty 400-byte slots, 12 MB over the 10,000 routes of the scale benchmark.
+/// Config lives as long as it serves, so its vectors should be no larger than their items.
+pub(crate) trait TryCollectExact<T>: ExactSizeIterator<Item = Result<T>> + Sized {
+    fn try_collect_exact(self) -> Result<Vec<T>> {
+        let mut out = Vec::with_capacity(self.len());
+        for item in self {
+            out.push(item?);
+        }
+        Ok(out)
+    }
+}
+
+impl<T, I: ExactSizeIterator<Item = Result<T>>> TryCollectExact<T> for I {}
+
 /// Converts a proto Duration; negative or out-of-range values are config errors.
 pub(crate) fn duration(d: &pbw::Duration, path: &str) -> Result<Duration> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {

@@ -9,7 +9,7 @@ use sentinel_proto::pb::envoy::extensions::filters::http::ratelimit::v3 as pb;
 
 use super::matcher::HeaderMatcher;
 use super::route::{header_add, HeaderAdd};
-use super::{timeout_or, ConfigError, Result};
+use super::{timeout_or, ConfigError, Result, TryCollectExact};
 
 pub const TYPE: &str = "envoy.extensions.filters.http.ratelimit.v3.RateLimit";
 pub const PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute";
@@ -138,7 +138,7 @@ impl RateLimitFilter {
                 .iter()
                 .enumerate()
                 .map(|(i, o)| header_add(o, &format!("response_headers_to_add[{i}]")))
-                .collect::<Result<_>>()?,
+                .try_collect_exact()?,
             as_resource_exhausted: c.rate_limited_as_resource_exhausted,
             rate_limits: new_style_rules(&c.rate_limits, "rate_limits")?,
         })
@@ -264,7 +264,7 @@ impl RateLimitRule {
                                 &format!("{path}.header_value_match.headers[{j}]"),
                             )
                         })
-                        .collect::<Result<_>>()?,
+                        .try_collect_exact()?,
                 },
                 _ => {
                     return Err(ConfigError::new(

@@ -10,7 +10,7 @@ use sentinel_proto::pb::envoy::config::route::v3 as pb;
 pub(crate) use super::header_mutation::header_add;
 pub use super::header_mutation::{AppendAction, HeaderAdd, HeaderMutations, Part, Template};
 use super::matcher::{compile_regex, full_regex, HeaderMatcher, QueryMatcher};
-use super::{duration, timeout_or, ConfigError, Result};
+use super::{duration, timeout_or, ConfigError, Result, TryCollectExact};
 
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
@@ -197,7 +197,8 @@ pub struct RouteMatch {
 #[derive(Debug, Clone)]
 pub enum Action {
     Forward(Arc<RouteAction>),
-    Redirect(Redirect),
+    /// Boxed: a redirect is 160 bytes inline, and every `Route` would pay for it.
+    Redirect(Box<Redirect>),
     Direct {
         status: u16,
         body: Option<bytes::Bytes>,
@@ -234,12 +235,14 @@ pub struct RouteAction {
     /// 503 (SERVICE_UNAVAILABLE) by default, or 404.
     pub cluster_not_found_status: u16,
     pub prefix_rewrite: Option<String>,
-    pub regex_rewrite: Option<(Regex, String)>,
-    pub host_rewrite: Option<HostRewrite>,
+    // The rarely set parts are boxed: a route action lives per route (10,000s of them), and
+    // inline they were 180 of its 392 bytes.
+    pub regex_rewrite: Option<Box<(Regex, String)>>,
+    pub host_rewrite: Option<Box<HostRewrite>>,
     /// Whole-request timeout; None disables it. Envoy's default is 15 s.
     pub timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
-    pub retry: Option<RetryPolicy>,
+    pub retry: Option<Box<RetryPolicy>>,
     pub mirrors: Vec<Mirror>,
     pub rate_limits: Vec<super::ratelimit::RateLimitRule>,
     /// The virtual host's `rate_limits` apply too (they do anyway when the route has none).
@@ -301,7 +304,7 @@ impl RouteConfig {
             .map(|(i, vh)| {
                 VirtualHost::from_proto(vh).map_err(|e| e.within(&format!("virtual_hosts[{i}]")))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .try_collect_exact()?;
         let mut seen = std::collections::HashSet::new();
         for (i, vh) in virtual_hosts.iter().enumerate() {
             for d in &vh.domains {
@@ -336,7 +339,7 @@ impl RouteConfig {
                         )
                     })
                 })
-                .collect::<Result<_>>()?,
+                .try_collect_exact()?,
         })
     }
 
@@ -390,7 +393,7 @@ impl VirtualHost {
             .iter()
             .enumerate()
             .map(|(i, r)| Route::from_proto(r).map_err(|e| e.within(&format!("routes[{i}]"))))
-            .collect::<Result<Vec<_>>>()?;
+            .try_collect_exact()?;
         Ok(Self {
             name: vh.name.clone(),
             domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
@@ -420,9 +423,9 @@ impl Route {
             Some(pb::route::Action::Route(a)) => Action::Forward(Arc::new(
                 RouteAction::from_proto(a).map_err(|e| e.within("route"))?,
             )),
-            Some(pb::route::Action::Redirect(rd)) => {
-                Action::Redirect(Redirect::from_proto(rd).map_err(|e| e.within("redirect"))?)
-            }
+            Some(pb::route::Action::Redirect(rd)) => Action::Redirect(Box::new(
+                Redirect::from_proto(rd).map_err(|e| e.within("redirect"))?,
+            )),
             Some(pb::route::Action::DirectResponse(d)) => {
                 if !(200..=599).contains(&d.status) {
                     return Err(ConfigError::new(
@@ -516,13 +519,13 @@ impl RouteMatch {
                 .iter()
                 .enumerate()
                 .map(|(i, h)| HeaderMatcher::from_proto(h, &format!("headers[{i}]")))
-                .collect::<Result<_>>()?,
+                .try_collect_exact()?,
             query: m
                 .query_parameters
                 .iter()
                 .enumerate()
                 .map(|(i, q)| QueryMatcher::from_proto(q, &format!("query_parameters[{i}]")))
-                .collect::<Result<_>>()?,
+                .try_collect_exact()?,
             grpc: m.grpc.is_some(),
             fraction_per_million: m.runtime_fraction.as_ref().map(fraction_per_million),
         })
@@ -597,7 +600,7 @@ impl RouteAction {
                             .map_err(|e| e.within(&p))?,
                         })
                     })
-                    .collect::<Result<Vec<_>>>()?;
+                    .try_collect_exact()?;
                 let sum: u64 = clusters.iter().map(|c| c.weight as u64).sum();
                 let total = match a.cluster_specifier {
                     Some(C::WeightedClusters(ref w)) => {
@@ -651,9 +654,9 @@ impl RouteAction {
             regex_rewrite: a
                 .regex_rewrite
                 .as_ref()
-                .map(|r| regex_rewrite(r, "regex_rewrite"))
+                .map(|r| regex_rewrite(r, "regex_rewrite").map(Box::new))
                 .transpose()?,
-            host_rewrite,
+            host_rewrite: host_rewrite.map(Box::new),
             timeout: timeout_or(a.timeout.as_ref(), Some(Duration::from_secs(15)), "timeout")?,
             idle_timeout: timeout_or(a.idle_timeout.as_ref(), None, "idle_timeout")?,
             rate_limits: super::ratelimit::rules(&a.rate_limits, "rate_limits")?,
@@ -679,11 +682,15 @@ impl RouteAction {
                         &format!("upgrade_configs[{i}]"),
                     )
                 })
-                .collect::<Result<Vec<_>>>()?,
+                .try_collect_exact()?,
             retry: a
                 .retry_policy
                 .as_ref()
-                .map(|r| RetryPolicy::from_proto(r).map_err(|e| e.within("retry_policy")))
+                .map(|r| {
+                    RetryPolicy::from_proto(r)
+                        .map(Box::new)
+                        .map_err(|e| e.within("retry_policy"))
+                })
                 .transpose()?,
             mirrors: a
                 .request_mirror_policies
@@ -704,7 +711,7 @@ impl RouteAction {
                             .map_or(1_000_000, fraction_per_million),
                     })
                 })
-                .collect::<Result<_>>()?,
+                .try_collect_exact()?,
         })
     }
 }
