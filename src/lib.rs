@@ -22,7 +22,7 @@ mod headers;
 mod http1;
 pub mod listeners;
 mod local_reply;
-mod memory;
+pub mod memory;
 pub mod mirror;
 pub mod net;
 pub mod proxy;

@@ -8,16 +8,8 @@ use sentinel::SentinelApp;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Hands memory freed in bulk (the Envoy descriptor pools) back to the OS: mimalloc keeps
-/// freed pages of a thread until that thread allocates again, and an idle proxy's threads
-/// rarely do.
-fn return_freed_memory() {
-    // SAFETY: mi_collect has no preconditions; it only walks the allocator's own state.
-    unsafe { libmimalloc_sys::mi_collect(true) }
-}
-
 fn main() -> ExitCode {
-    sentinel_proto::on_release(return_freed_memory);
+    sentinel_proto::on_release(sentinel::memory::collect_thread_heap);
     let options = match Options::parse(std::env::args()) {
         Ok(o) => o,
         Err(CliError::Info(text)) => {

@@ -1,4 +1,4 @@
-//! Returning memory that applying config freed on a data-plane worker.
+//! Returning memory freed in bulk (applied config, the descriptor pools) to the OS.
 //!
 //! After each published snapshot, one worker rebuilds the cluster manager's state and the
 //! listeners' filter chains, freeing the previous ones (and whatever of the old snapshot is
@@ -11,7 +11,7 @@
 /// Frees what the calling thread's mimalloc heap holds unused. It took under 1 ms after the
 /// 10k push (measured), so it runs after each listener and cluster sync, never per request.
 /// With another global allocator it only tidies mimalloc's own (empty) heap.
-pub(crate) fn collect_thread_heap() {
+pub fn collect_thread_heap() {
     // SAFETY: mi_collect has no preconditions; it only touches the calling thread's heap.
     // `force`: without it, the freed pages are not returned (measured: no RSS change).
     unsafe { libmimalloc_sys::mi_collect(true) }
