@@ -154,16 +154,20 @@ pub(crate) fn forwarding_headers(
     }
 }
 
+/// Whether a comma-separated header (`connection`, `te`) lists `token`, in any of its lines.
+pub(crate) fn has_token(headers: &http::HeaderMap, name: http::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// An HTTP/1.0 request without `Connection: keep-alive`: its connection ends with the response.
 pub(crate) fn http10_closes(req: &RequestHeader) -> bool {
     req.version == http::Version::HTTP_10
-        && !req
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("keep-alive"))
+        && !has_token(&req.headers, http::header::CONNECTION, "keep-alive")
 }
 
 /// A gRPC request: `content-type: application/grpc` (or `+proto`, `+json`...).
@@ -241,13 +245,7 @@ pub(crate) fn upgrade_type(req: &mut RequestHeader) -> Option<String> {
         .ok()?
         .trim()
         .to_ascii_lowercase();
-    let named = req
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let named = has_token(&req.headers, http::header::CONNECTION, "upgrade");
     if kind == "h2c" {
         req.remove_header(&http::header::UPGRADE);
         req.remove_header("http2-settings");

@@ -59,15 +59,7 @@ impl HttpHandler {
             }
         }
         // Pingora drops the hop-by-hop `te`; gRPC needs `te: trailers` upstream, as Envoy keeps.
-        let te_trailers = downstream
-            .headers
-            .get(http::header::TE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            });
-        if te_trailers {
+        if crate::request::has_token(&downstream.headers, http::header::TE, "trailers") {
             let _ = upstream.insert_header(http::header::TE, "trailers");
         }
         // Host rewrites.
