@@ -7,10 +7,11 @@
 //! `envoy-descriptors.bin`, embedded without its comments) and converts through
 //! `prost-reflect`. This keeps one schema: the upstream protos, never a hand-written mirror.
 //!
-//! Two pools, for memory: the files Sentinel's own types need (see `build.rs`), decoded at
-//! first use and kept, and the whole API, decoded only when a document or an `Any` names a
-//! type outside the first (an extension Sentinel does not implement, which must still resolve
-//! so that it is refused by name, or skipped when optional, exactly as before).
+//! Two pools, for memory: the files Sentinel's own types need (see `build.rs`), and the whole
+//! API, decoded only when a document or an `Any` names a type outside the first (an extension
+//! Sentinel does not implement, which must still resolve so that it is refused by name, or
+//! skipped when optional, exactly as before). Both are decoded on use and freed by
+//! [`release_pools`] once the work that needed them is done.
 
 use std::sync::{Mutex, OnceLock, PoisonError};
 
