@@ -237,11 +237,9 @@ impl ProxyHttp for HttpHandler {
             }
         }
         // Downstream timeouts: idle keep-alive and stream idle (reads of the request body).
-        // What follows a CONNECT's head is not HTTP: Envoy closes after answering it; an
-        // HTTP/1.0 connection closes unless the client asked to keep it.
+        // What follows a CONNECT's head is not HTTP: Envoy closes after answering it.
         if !self.drain.draining.load(Ordering::Relaxed)
             && session.req_header().method != http::Method::CONNECT
-            && !crate::request::http10_closes(session.req_header())
         {
             session.set_keepalive(self.hcm.idle_timeout.map(|d| d.as_secs().max(1)));
         } else {

@@ -164,12 +164,6 @@ pub(crate) fn has_token(headers: &http::HeaderMap, name: http::HeaderName, token
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// An HTTP/1.0 request without `Connection: keep-alive`: its connection ends with the response.
-pub(crate) fn http10_closes(req: &RequestHeader) -> bool {
-    req.version == http::Version::HTTP_10
-        && !has_token(&req.headers, http::header::CONNECTION, "keep-alive")
-}
-
 /// A gRPC request: `content-type: application/grpc` (or `+proto`, `+json`...).
 pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers

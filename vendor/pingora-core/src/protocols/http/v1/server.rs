@@ -1327,8 +1327,15 @@ impl HttpSession {
     /// `Some(>0)`: reusing this session is allowed within the given timeout in seconds.
     /// If the client disallows connection reuse, then `keepalive` will be ignored.
     pub fn set_server_keepalive(&mut self, keepalive: Option<u64>) {
-        if let Some(false) = self.is_connection_keepalive() {
-            // connection: close is set
+        // SENTINEL PATCH: an HTTP/1.0 request that does not ask for keep-alive closes too, as
+        // `respect_keepalive` decided when it was read (the override used to reopen it).
+        let http10 = matches!(&self.request_header, Some(r) if r.version == Version::HTTP_10);
+        let closes = match self.is_connection_keepalive() {
+            Some(keepalive) => !keepalive,
+            None => http10,
+        };
+        if closes {
+            // connection: close is set, or HTTP/1.0 without keep-alive
             self.set_keepalive(None);
         } else {
             self.set_keepalive(keepalive);
