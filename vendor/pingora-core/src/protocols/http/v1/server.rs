@@ -854,7 +854,7 @@ impl HttpSession {
             // SENTINEL PATCH: as Envoy, `connection: close` when the connection ends after
             // this response, `keep-alive` only to an HTTP/1.0 client that keeps it, and no
             // header on an HTTP/1.1 keep-alive response.
-            let http10 = matches!(&self.request_header, Some(r) if r.version == Version::HTTP_10);
+            let http10 = self.is_http10_request();
             if !self.will_keepalive() {
                 header.insert_header(header::CONNECTION, "close")?;
             } else if http10 {
@@ -1321,6 +1321,11 @@ impl HttpSession {
         let _ = self.underlying_stream.shutdown().await;
     }
 
+    /// SENTINEL PATCH: the request read is HTTP/1.0 (false before one is read).
+    fn is_http10_request(&self) -> bool {
+        matches!(&self.request_header, Some(r) if r.version == Version::HTTP_10)
+    }
+
     /// Set the server keepalive timeout.
     /// `None`: disable keepalive, this session cannot be reused.
     /// `Some(0)`: reusing this session is allowed and there is no timeout.
@@ -1329,7 +1334,7 @@ impl HttpSession {
     pub fn set_server_keepalive(&mut self, keepalive: Option<u64>) {
         // SENTINEL PATCH: an HTTP/1.0 request that does not ask for keep-alive closes too, as
         // `respect_keepalive` decided when it was read (the override used to reopen it).
-        let http10 = matches!(&self.request_header, Some(r) if r.version == Version::HTTP_10);
+        let http10 = self.is_http10_request();
         let closes = match self.is_connection_keepalive() {
             Some(keepalive) => !keepalive,
             None => http10,
