@@ -34,6 +34,7 @@ pub mod stats;
 mod timefmt;
 pub mod upstream;
 mod upstream_request;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub enum AppError {
     Config(#[from] ClientError),
     #[error("cannot start the xDS thread: {0}")]
     Thread(String),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
     #[error("cannot bind admin address {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -82,6 +85,8 @@ pub struct Running {
     stop_xds: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Serve the listeners; dropped (and stopped) last.
+    _workers: workers::Workers,
 }
 
 impl Running {
@@ -130,8 +135,9 @@ impl SentinelApp {
         Ok(XdsClient::validate(&self.bootstrap)?)
     }
 
-    /// Starts the xDS client, the admin listener and the listener manager on the current
-    /// tokio runtime.
+    /// Starts the xDS client (its own thread), the admin listener and the listener manager
+    /// (on the current tokio runtime, Envoy's main thread) and the `--concurrency` workers
+    /// that serve the listeners.
     pub async fn start(self) -> Result<Running, AppError> {
         let snapshots = SnapshotHandle::new();
         let stash = Arc::new(listeners::SocketStash::default());
@@ -192,7 +198,13 @@ impl SentinelApp {
             local_cluster: self.bootstrap.node.cluster.as_str().into(),
             stash,
         };
-        let mut manager = listeners::ListenerManager::new(shared, self.options.drain_time);
+        let workers =
+            workers::Workers::start(self.options.concurrency).map_err(AppError::Workers)?;
+        let mut manager = listeners::ListenerManager::new(
+            shared,
+            workers.handles().to_vec(),
+            self.options.drain_time,
+        );
         let connections = manager.connections.clone();
         let bound = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
         let (stop, mut stop_rx) = watch::channel(false);
@@ -259,6 +271,7 @@ impl SentinelApp {
             stop_xds,
             tasks,
             connections,
+            _workers: workers,
         })
     }
 }

@@ -277,6 +277,60 @@ pub(crate) async fn flipped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
+/// One worker's accept loop for one listener: each connection is served on this worker.
+async fn accept(
+    listener: PingoraListener,
+    local: SocketAddr,
+    gens: Arc<ArcSwap<Generation>>,
+    stats: Arc<crate::stats::ListenerStats>,
+    mut stop_rx: watch::Receiver<bool>,
+    connections: Arc<AtomicUsize>,
+) {
+    loop {
+        let mut stream = tokio::select! {
+            _ = flipped(&mut stop_rx) => return,
+            res = listener.accept() => match res {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let g = gens.load_full();
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let Some(peer) = peer else { continue };
+        // Pingora's own listeners set this; without it a response written in two
+        // parts waits for the client's delayed ACK (40 ms).
+        if let Err(e) = stream.set_nodelay() {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+        stats.downstream_cx_total.inc();
+        let Some(app) = g.select(local, peer).cloned() else {
+            stats.no_filter_chain_match.inc();
+            tracing::debug!(%peer, "no filter chain matches; closing");
+            continue;
+        };
+        let draining = g.draining.subscribe();
+        let mut closed = g.closed.subscribe();
+        let connections = connections.clone();
+        let stats = stats.clone();
+        connections.fetch_add(1, Ordering::Relaxed);
+        stats.downstream_cx_active.inc();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = app.serve(stream, &draining) => {}
+                _ = flipped(&mut closed) => {}
+            }
+            stats.downstream_cx_active.dec();
+            connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
 struct Running {
     config: Arc<Listener>,
     local: SocketAddr,
@@ -299,6 +353,8 @@ pub struct Shared {
 
 pub struct ListenerManager {
     shared: Shared,
+    /// The worker event loops every listener accepts on.
+    workers: Vec<tokio::runtime::Handle>,
     drain_time: Duration,
     running: HashMap<String, Running>,
     /// Open downstream connections, for a graceful exit.
@@ -308,9 +364,10 @@ pub struct ListenerManager {
 }
 
 impl ListenerManager {
-    pub fn new(shared: Shared, drain_time: Duration) -> Self {
+    pub fn new(shared: Shared, workers: Vec<tokio::runtime::Handle>, drain_time: Duration) -> Self {
         Self {
             shared,
+            workers,
             drain_time,
             running: HashMap::new(),
             connections: Arc::new(AtomicUsize::new(0)),
@@ -433,63 +490,28 @@ impl ListenerManager {
             Some(s) => s,
             None => listen(config.address)?,
         };
-        let tcp = tokio::net::TcpListener::from_std(socket)?;
-        let local = tcp.local_addr()?;
+        let local = socket.local_addr()?;
         tracing::info!(listener = %config.name, address = %local, "listening");
-        let listener = PingoraListener::from(tcp);
         let current = Arc::new(ArcSwap::from_pointee(Self::generation(
             &self.shared,
             config,
         )));
-        let stats = self.shared.stats.listener(local);
-        let (stop_accept, mut stop_rx) = watch::channel(false);
-        let gens = current.clone();
-        let connections = self.connections.clone();
-        tokio::spawn(async move {
-            loop {
-                let mut stream = tokio::select! {
-                    _ = flipped(&mut stop_rx) => return,
-                    res = listener.accept() => match res {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!("accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let g = gens.load_full();
-                let peer = stream
-                    .get_socket_digest()
-                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-                let Some(peer) = peer else { continue };
-                // Pingora's own listeners set this; without it a response written in two
-                // parts waits for the client's delayed ACK (40 ms).
-                if let Err(e) = stream.set_nodelay() {
-                    tracing::debug!("cannot set TCP_NODELAY: {e}");
-                }
-                stats.downstream_cx_total.inc();
-                let Some(app) = g.select(local, peer).cloned() else {
-                    stats.no_filter_chain_match.inc();
-                    tracing::debug!(%peer, "no filter chain matches; closing");
-                    continue;
-                };
-                let draining = g.draining.subscribe();
-                let mut closed = g.closed.subscribe();
-                let connections = connections.clone();
-                let stats = stats.clone();
-                connections.fetch_add(1, Ordering::Relaxed);
-                stats.downstream_cx_active.inc();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = app.serve(stream, &draining) => {}
-                        _ = flipped(&mut closed) => {}
-                    }
-                    stats.downstream_cx_active.dec();
-                    connections.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-        });
+        let (stop_accept, stop_rx) = watch::channel(false);
+        // Every worker accepts from the same socket, registered with its own event loop.
+        for worker in self.workers.iter() {
+            let tcp = {
+                let _runtime = worker.enter();
+                tokio::net::TcpListener::from_std(socket.try_clone()?)?
+            };
+            worker.spawn(accept(
+                PingoraListener::from(tcp),
+                local,
+                current.clone(),
+                self.shared.stats.listener(local),
+                stop_rx.clone(),
+                self.connections.clone(),
+            ));
+        }
         Ok(Running {
             config: config.clone(),
             local,

@@ -51,8 +51,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(options.concurrency)
+    // Envoy's main thread: admin, listener and cluster updates. Requests are served by the
+    // `--concurrency` workers the app starts (`sentinel::workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
