@@ -155,6 +155,15 @@ fn pick_cluster(a: &RouteAction, req: &RequestHeader, ctx: &mut Ctx) -> Option<S
     }
 }
 
+/// Lets the rest of the worker's event-loop turn run before a request goes upstream or a
+/// response goes downstream: the writes of one turn then go out together, so a peer asleep
+/// on another core is woken once for several of them rather than once each. On the bench rig
+/// the two yields cut CPU per proxied request by ~15% and lowered p99 under load; one request
+/// at a time is as fast as without (docs/benchmarks.md, section 8).
+async fn end_of_turn() {
+    tokio::task::yield_now().await;
+}
+
 #[async_trait]
 impl ProxyHttp for HttpHandler {
     type CTX = Ctx;
@@ -480,6 +489,7 @@ impl ProxyHttp for HttpHandler {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        end_of_turn().await;
         self.prepare_upstream_request(session.req_header(), upstream, ctx)
     }
 
@@ -589,6 +599,7 @@ impl ProxyHttp for HttpHandler {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        end_of_turn().await;
         if let (Some(start), false) = (ctx.upstream_start, self.hcm.suppress_envoy_headers) {
             let ms = start.elapsed().as_millis() as u64;
             let _ = resp.insert_header("x-envoy-upstream-service-time", ms);

@@ -162,11 +162,11 @@ impl IdlePool {
         }
         // A deadline earlier than the watcher's timer needs the watcher to set it again.
         let rearm = deadline.is_some_and(|d| state.armed.is_none_or(|a| d < a));
-        state
-            .by_key
-            .entry(key)
-            .or_default()
-            .push(Idle { stream, since, deadline });
+        state.by_key.entry(key).or_default().push(Idle {
+            stream,
+            since,
+            deadline,
+        });
         state.total += 1;
         if !state.watcher_spawned {
             state.watcher_spawned = true;
@@ -184,7 +184,11 @@ impl IdlePool {
     fn sweep(&self, cx: &Context<'_>) -> Option<Instant> {
         let mut state = self.state.lock();
         let state = &mut *state;
-        if !state.watcher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        if !state
+            .watcher
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
             state.watcher = Some(cx.waker().clone());
         }
         let now = Instant::now();
@@ -196,7 +200,10 @@ impl IdlePool {
                     log::debug!("idle connection timed out");
                     return false;
                 }
-                if matches!(check(&mut idle.stream, cx.waker(), &self.metrics), Check::Unusable) {
+                if matches!(
+                    check(&mut idle.stream, cx.waker(), &self.metrics),
+                    Check::Unusable
+                ) {
                     return false;
                 }
                 next = match (next, idle.deadline) {

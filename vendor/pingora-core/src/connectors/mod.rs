@@ -276,13 +276,6 @@ impl TransportConnector {
             .take(peer.reuse_hash(), |stream| peer_matches(peer, stream));
         if stream.is_none() {
             debug!("No reusable connection found for {peer}");
-        } else {
-            // Pingora's pool yielded here (waiting for its idle task to hand the connection
-            // back), and that yield is worth keeping: the request goes upstream after the
-            // rest of this event-loop turn, with the others of the turn, so a sleeping
-            // upstream is woken once for several requests. Without it the proxy spent ~10%
-            // more CPU per request on the bench rig (docs/benchmarks.md).
-            tokio::task::yield_now().await;
         }
         stream
     }
@@ -768,31 +761,6 @@ mod tests {
         assert_ne!(local_addr.port(), 0);
     }
 
-    #[tokio::test]
-    async fn test_unexpected_data_connection_count_increments() {
-        // Create a duplex stream where we control both ends
-        let (mut server, client) = tokio::io::duplex(64);
-
-        let counter = AtomicU64::new(0);
-        let mut stream: Stream = Box::new(client);
-
-        // With no data available, the stream should be considered reusable
-        assert!(test_reusable_stream(&mut stream, &counter));
-        assert_eq!(counter.load(Ordering::Relaxed), 0);
-
-        // Write unexpected data from the server side
-        use tokio::io::AsyncWriteExt;
-        server.write_all(b"unexpected").await.unwrap();
-
-        // Give the data a moment to be buffered
-        tokio::task::yield_now().await;
-
-        // Now test_reusable_stream should detect the unexpected data
-        assert!(!test_reusable_stream(&mut stream, &counter));
-        assert_eq!(
-            counter.load(Ordering::Relaxed),
-            1,
-            "unexpected_data_connection_count should have incremented"
-        );
-    }
+    // SENTINEL PATCH: test_unexpected_data_connection_count_increments went with
+    // test_reusable_stream; tests/upstream_pool.rs checks the count.
 }
