@@ -136,7 +136,7 @@ impl SentinelApp {
     }
 
     /// Starts the xDS client (its own thread), the admin listener and the listener manager
-    /// (on the current tokio runtime, Envoy's main thread) and the `--concurrency` workers
+    /// (on the current tokio runtime) and the `--concurrency` workers
     /// that serve the listeners.
     pub async fn start(self) -> Result<Running, AppError> {
         let snapshots = SnapshotHandle::new();
