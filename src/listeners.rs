@@ -496,6 +496,7 @@ impl ListenerManager {
             &self.shared,
             config,
         )));
+        let stats = self.shared.stats.listener(local);
         let (stop_accept, stop_rx) = watch::channel(false);
         // Every worker accepts from the same socket, registered with its own event loop.
         for worker in self.workers.iter() {
@@ -507,7 +508,7 @@ impl ListenerManager {
                 PingoraListener::from(tcp),
                 local,
                 current.clone(),
-                self.shared.stats.listener(local),
+                stats.clone(),
                 stop_rx.clone(),
                 self.connections.clone(),
             ));
